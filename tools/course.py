@@ -80,7 +80,7 @@ def test(*extra):
     r = sh(PY, '-m', 'pytest', '-n', n, '--dist', 'loadfile', '--nbval-lax', '--nbval-current-env',
            '--nbval-sanitize-with', 'nbs/sanitize.cfg', '--nbval-cell-timeout', '900',
            '-p', 'no:cacheprovider', '--durations', '15', '-ra', 'nbs', 'tests', *extra,
-           env={'IN_TEST': '1', 'MPLBACKEND': 'Agg', 'TOKENIZERS_PARALLELISM': 'false',
+           env={'IN_TEST': '1', 'MPLBACKEND': 'Agg', 'OMP_NUM_THREADS': str(max(1, (os.cpu_count() or 1) // int(n))), 'TOKENIZERS_PARALLELISM': 'false',
                 'HF_HUB_OFFLINE': '1', 'PYTHONWARNINGS': 'ignore::DeprecationWarning'}, check=False)
     sys.exit(r.returncode)
 
