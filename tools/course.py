@@ -94,7 +94,7 @@ def run(*nbs):
             '    nb = nbformat.read(f, as_version=4)\n'
             '    NotebookClient(nb, timeout=1800, kernel_name="python3", resources={"metadata": {"path": str(__import__("pathlib").Path(f).parent)}}).execute()\n'
             '    nbformat.write(nb, f); print("executed", f, flush=True)\n')
-    sh(PY, '-c', code, *nbs, env={'MPLBACKEND': 'module://matplotlib_inline.backend_inline'})
+    sh(PY, '-c', code, *nbs, env={'MPLBACKEND': 'module://matplotlib_inline.backend_inline', 'HF_HUB_OFFLINE': '1'})  # nothing is downloaded
     sh(BIN/'nbdev_clean', '--fname', 'nbs')
 
 CMDS = dict(setup=setup, build=build, test=test, run=run, export=lambda: (setup(), export()))

@@ -1,0 +1,213 @@
+"""Tests of diffcourse.guidance (lesson 08): cross-checks against diffusers, the equivalence of the guided
+denoisers with the papers' eps-space formulas, every sampler walking a guided denoiser, bad input, and a brief
+training run."""
+import math
+import pytest
+import torch
+import torch.nn.functional as F
+
+from diffcourse.guidance import (NoisyClassifier, noisy_classifier_loss, check_scale, GradientGuidance, check_labels,
+                                 classifier_log_prob, classifier_guidance, drop_labels, cfg_ddpm_loss, w_to_scale,
+                                 scale_to_w, cfg_combine, ClassifierFreeGuidance, class_diversity)
+from diffcourse.schedules import Schedule, sigma_to_abar, sigma_to_t
+from diffcourse.samplers import Denoiser, sample, SAMPLERS
+from diffcourse.unet import UNet
+
+torch.set_num_threads(1)
+SCHEDULE = Schedule.from_name('linear', T=1000)
+
+
+def _tiny_unet(num_classes=None, seed=0):
+    torch.manual_seed(seed)
+    net = UNet(channels=(8, 16), attn=(False, True), layers=1, num_classes=num_classes)
+    for p in net.conv_out.parameters(): torch.nn.init.normal_(p, std=0.1)   # not the zero init: outputs that differ
+    return net.eval()
+
+
+def _tiny_classifier(seed=0):
+    torch.manual_seed(seed)
+    return NoisyClassifier(num_classes=10, channels=(8, 16), attn=(False, True)).eval()
+
+
+# ---- classifier-free guidance against diffusers ----
+
+@pytest.mark.parametrize('g', [0., 1., 2.5, 7.5])
+def test_cfg_combine_matches_diffusers_guider(g):
+    from diffusers.guiders import ClassifierFreeGuidance as DG
+    gen = torch.Generator().manual_seed(0)
+    u, c = torch.randn(3, 4, 8, 8, generator=gen), torch.randn(3, 4, 8, 8, generator=gen)
+    torch.testing.assert_close(cfg_combine(u, c, g), DG(guidance_scale=g).forward(c, u).pred)
+    w = g   # the paper's w, through diffusers' original formulation
+    torch.testing.assert_close(cfg_combine(u, c, w_to_scale(w)), DG(guidance_scale=w, use_original_formulation=True).forward(c, u).pred)
+
+
+def test_cfg_combine_matches_stable_diffusion_pipeline():
+    "The noise prediction StableDiffusionPipeline hands its scheduler equals cfg_combine of the U-Net's two halves."
+    from transformers import CLIPTextConfig, CLIPTextModel
+    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from diffcourse.clip import make_glyph_tokenizer
+    import tempfile
+    torch.manual_seed(0)
+    tok = make_glyph_tokenizer(tempfile.mkdtemp(), captions=['a bold serif capital A', 'a mono digit 7'])
+    te = CLIPTextModel(CLIPTextConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                      num_attention_heads=4, max_position_embeddings=16, bos_token_id=0, eos_token_id=1, pad_token_id=1))
+    unet = UNet2DConditionModel(sample_size=8, in_channels=4, out_channels=4, down_block_types=('CrossAttnDownBlock2D', 'DownBlock2D'),
+                                up_block_types=('UpBlock2D', 'CrossAttnUpBlock2D'), block_out_channels=(16, 32), layers_per_block=1,
+                                cross_attention_dim=32, attention_head_dim=8, norm_num_groups=8)
+    vae = AutoencoderKL(in_channels=1, out_channels=1, down_block_types=('DownEncoderBlock2D',) * 2, up_block_types=('UpDecoderBlock2D',) * 2,
+                        block_out_channels=(16, 16), layers_per_block=1, latent_channels=4, norm_num_groups=8, sample_size=16)
+    sch = DDIMScheduler(beta_schedule='scaled_linear', beta_start=0.00085, beta_end=0.012, steps_offset=1, clip_sample=False)
+    pipe = StableDiffusionPipeline(vae=vae, text_encoder=te, tokenizer=tok, unet=unet, scheduler=sch, safety_checker=None,
+                                   feature_extractor=None, requires_safety_checker=False)
+    pipe.set_progress_bar_config(disable=True)
+    unet_out, sched_in = [], []
+    hook = unet.register_forward_hook(lambda m, args, out: unet_out.append((out[0] if isinstance(out, tuple) else out.sample).detach().clone()))
+    step = sch.step
+    def recording_step(model_output, *a, **k): sched_in.append(model_output.detach().clone()); return step(model_output, *a, **k)
+    sch.step = recording_step
+    g = 4.5
+    pipe(['a bold serif capital A', 'a mono digit 7'], num_inference_steps=2, guidance_scale=g, output_type='latent',
+         generator=torch.Generator().manual_seed(0))
+    hook.remove()
+    assert len(unet_out) == len(sched_in) == 2
+    for both, used in zip(unet_out, sched_in):
+        uncond, cond = both.chunk(2)                 # diffusers batches [unconditional, conditional]
+        torch.testing.assert_close(cfg_combine(uncond, cond, g), used, rtol=1e-5, atol=1e-6)
+
+
+def test_w_scale_conversion():
+    assert w_to_scale(0.) == 1. and w_to_scale(3.) == 4. and scale_to_w(4.) == 3.
+    u, c = torch.zeros(2), torch.ones(2)
+    torch.testing.assert_close(cfg_combine(u, c, w_to_scale(2.)), (1 + 2.) * c - 2. * u)
+
+
+# ---- the guided denoisers equal the papers' eps-space formulas ----
+
+def test_cfg_wrapper_equals_eps_space_cfg():
+    net = _tiny_unet(num_classes=10)
+    D = Denoiser(net, SCHEDULE, 'eps')
+    gen = torch.Generator().manual_seed(1)
+    x, y = torch.randn(4, 1, 16, 16, generator=gen) * 5, torch.tensor([0, 4, 9, 2])
+    for sigma in (0.3, 5., 40.):
+        sigma = torch.tensor(sigma)
+        with torch.no_grad():
+            ours = ClassifierFreeGuidance(D, 3., class_labels=y)(x, sigma)
+            abar = sigma_to_abar(sigma); x_t = abar.sqrt() * x
+            t = sigma_to_t(sigma, SCHEDULE.abar).float().expand(4)
+            eps = (1 + 2.) * net(x_t, t, class_labels=y) - 2. * net(x_t, t)       # Ho & Salimans eq. 6, w = 2
+            ref = (x_t - (1 - abar).sqrt() * eps) / abar.sqrt()
+        torch.testing.assert_close(ours, ref, rtol=1e-4, atol=1e-4)
+        with torch.no_grad():
+            torch.testing.assert_close(ClassifierFreeGuidance(D, 0., class_labels=y)(x, sigma), D(x, sigma))
+            torch.testing.assert_close(ClassifierFreeGuidance(D, 1., class_labels=y)(x, sigma), D(x, sigma, class_labels=y))
+
+
+def test_classifier_guidance_equals_dhariwal_eps_form():
+    net, clf = _tiny_unet(), _tiny_classifier()
+    D = Denoiser(net, SCHEDULE, 'eps')
+    gen = torch.Generator().manual_seed(2)
+    x, y, s = torch.randn(5, 1, 16, 16, generator=gen) * 2, torch.tensor([1, 2, 3, 4, 5]), 4.
+    for sigma in (0.5, 2., 20.):
+        sigma = torch.tensor(sigma)
+        ours = classifier_guidance(D, clf, y, s)(x, sigma)
+        abar = sigma_to_abar(sigma)
+        x_t = (abar.sqrt() * x).requires_grad_(True)
+        t = sigma_to_t(sigma, SCHEDULE.abar).float().expand(5)
+        logp = F.log_softmax(clf(x_t, t), -1)[torch.arange(5), y].sum()
+        grad, = torch.autograd.grad(logp, x_t)
+        with torch.no_grad():
+            eps = net(x_t, t) - s * (1 - abar).sqrt() * grad                   # Dhariwal & Nichol, Alg. 2
+            ref = (x_t - (1 - abar).sqrt() * eps) / abar.sqrt()
+        torch.testing.assert_close(ours, ref, rtol=1e-4, atol=1e-4)
+
+
+def test_gradient_guidance_through_x0():
+    "With through_x0, the gradient flows back through the denoiser (checked against a finite difference)."
+    net = _tiny_unet()
+    D = Denoiser(net, SCHEDULE, 'eps')
+    target = torch.randn(1, 1, 16, 16, generator=torch.Generator().manual_seed(3))
+    log_prob = lambda x, sigma, x0_hat: -((x0_hat - target) ** 2).flatten(1).sum(1)
+    x, sigma, s = torch.randn(1, 1, 16, 16, generator=torch.Generator().manual_seed(4)), torch.tensor(1.5), 0.7
+    out = GradientGuidance(D, log_prob, s, through_x0=True)(x, sigma)
+    with torch.enable_grad():
+        xr = x.clone().requires_grad_(True)
+        grad, = torch.autograd.grad(log_prob(xr, sigma, D(xr, sigma)).sum(), xr)
+    with torch.no_grad(): torch.testing.assert_close(out, D(x, sigma) + s * sigma ** 2 * grad, rtol=1e-4, atol=1e-4)
+    # the no-backprop variant differs: it treats x0_hat as a constant of x
+    out2 = GradientGuidance(D, log_prob, s, through_x0=False)(x, sigma)
+    with torch.no_grad(): torch.testing.assert_close(out2, D(x, sigma))   # log_prob uses only x0_hat: no gradient in x
+
+
+@pytest.mark.parametrize('name', list(SAMPLERS))
+def test_every_sampler_walks_guided_denoisers(name):
+    net, cnet, clf = _tiny_unet(), _tiny_unet(num_classes=10), _tiny_classifier()
+    y = torch.arange(4)
+    for model in (classifier_guidance(Denoiser(net, SCHEDULE), clf, y, 2.),
+                  ClassifierFreeGuidance(Denoiser(cnet, SCHEDULE), 3., class_labels=y)):
+        out = sample(name, model, (4, 1, 16, 16), 3, generator=torch.Generator().manual_seed(0))
+        assert out.shape == (4, 1, 16, 16) and torch.isfinite(out).all()
+
+
+# ---- bad input ----
+
+def test_bad_scales():
+    for bad in (-0.5, float('nan'), float('inf')):
+        with pytest.raises(ValueError, match='finite number >= 0'): check_scale(bad)
+        with pytest.raises(ValueError, match='finite number >= 0'): cfg_combine(torch.zeros(2), torch.ones(2), bad)
+        with pytest.raises(ValueError, match='finite number >= 0'):
+            ClassifierFreeGuidance(Denoiser(_tiny_unet(10), SCHEDULE), bad, class_labels=1)
+        with pytest.raises(ValueError, match='finite number >= 0'):
+            classifier_guidance(Denoiser(_tiny_unet(), SCHEDULE), _tiny_classifier(), 1, bad)
+    with pytest.raises(TypeError, match='must be a number'): check_scale('strong')
+
+
+def test_unknown_classes():
+    with pytest.raises(ValueError, match=r'unknown class 10; valid classes are 0\.\.9'): check_labels(10, 10)
+    with pytest.raises(ValueError, match=r'unknown class \[-1, 12\]'): check_labels([3, -1, 12], 10)
+    with pytest.raises(TypeError, match='integers'): check_labels(torch.tensor([1.5]), 10)
+    with pytest.raises(ValueError, match='3 class labels for a batch of 4'): check_labels([1, 2, 3], 10, B=4)
+    with pytest.raises(ValueError, match='unknown class 11'):
+        ClassifierFreeGuidance(Denoiser(_tiny_unet(10), SCHEDULE), 2., class_labels=torch.tensor([1, 11]))
+    with pytest.raises(ValueError, match='unknown class 10'):
+        classifier_guidance(Denoiser(_tiny_unet(), SCHEDULE), _tiny_classifier(), 10, 1.)
+    with pytest.raises(ValueError, match='needs a condition'): ClassifierFreeGuidance(Denoiser(_tiny_unet(10), SCHEDULE), 2.)
+    with pytest.raises(ValueError, match='differ in shape'): cfg_combine(torch.zeros(2, 3), torch.zeros(3, 2), 2.)
+    with pytest.raises(ValueError, match=r'p must lie in \[0, 1\]'): drop_labels(torch.arange(3), 1.5, 10)
+
+
+def test_drop_labels_and_diversity():
+    y = torch.zeros(20000, dtype=torch.long)
+    frac = (drop_labels(y, 0.2, 10, torch.Generator().manual_seed(0)) == 10).float().mean().item()
+    assert abs(frac - 0.2) < 0.02
+    f = torch.tensor([[0., 0.], [3., 4.], [10., 10.], [10., 10.]])
+    assert class_diversity(f, torch.tensor([0, 0, 1, 1])) == pytest.approx((5. + 0.) / 2)
+
+
+# ---- brief training: the losses fall ----
+
+def test_noisy_classifier_and_cfg_losses_fall():
+    from diffcourse.data import load_digits
+    from diffcourse.training import train
+    x, y = load_digits('train')
+    x, y = x[:256], y[:256]
+    batches = [(x[i:i + 64], y[i:i + 64]) for i in range(0, 256, 64)]
+    torch.manual_seed(0)
+    short = Schedule.from_name('linear', T=100)      # mild noise only, so that 60 steps can show learning
+    st = train(_tiny_classifier(), noisy_classifier_loss(short, torch.Generator().manual_seed(0)), batches, 60, 3e-3,
+               ema_decay=0, progress=False)
+    assert sum(st.losses[-10:]) / 10 < sum(st.losses[:10]) / 10 - 0.1
+    st = train(_tiny_unet(10), cfg_ddpm_loss(SCHEDULE, 0.2, 10, generator=torch.Generator().manual_seed(0)), batches, 30, 3e-3,
+               ema_decay=0, progress=False)
+    assert sum(st.losses[-5:]) / 5 < sum(st.losses[:5]) / 5
+
+
+def test_sigma_cap():
+    "sigma_cap replaces the weight sigma^2 by min(sigma, cap)^2."
+    net = _tiny_unet()
+    D = Denoiser(net, SCHEDULE, 'eps')
+    log_prob = lambda x, sigma, x0_hat: -(x ** 2).flatten(1).sum(1)          # grad_x = -2x
+    x = torch.randn(2, 1, 16, 16, generator=torch.Generator().manual_seed(5))
+    for sigma, cap, w in ((3., None, 9.), (3., 1., 1.), (0.5, 1., 0.25)):
+        out = GradientGuidance(D, log_prob, 0.1, sigma_cap=cap)(x, torch.tensor(sigma))
+        with torch.no_grad(): torch.testing.assert_close(out, D(x, torch.tensor(sigma)) + 0.1 * w * (-2 * x), rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match='sigma_cap must be a finite number >= 0'): GradientGuidance(D, log_prob, 1., sigma_cap=-1.)
