@@ -1,0 +1,64 @@
+"""Compute lesson 10's table, sample quality against sampling steps for the teacher's DDIM and the distilled students,
+and ship it as JSON.
+
+    .venv/bin/python tools/tables/distill.py                    # both tables (CPU, one thread: about half an hour)
+    .venv/bin/python tools/tables/distill.py --tables toy       # the 2-D mixture alone: seconds
+    .venv/bin/python tools/tables/distill.py --device cuda      # the same on a GPU
+
+Every row is computed by `diffcourse.distill.distill_table` from the shipped weights, the very function lesson 10
+uses for the rows it recomputes live. Most of the time goes to the digits teacher at 256 and 128 steps on 500 images.
+Every row records the sha256 (first 12 hex digits) of the weights file it measured, and the lesson checks that each
+one still matches the shipped file (`diffcourse.distill.stale_rows`). Finished rows are kept in
+runs/distill_table.partial.json under a key that includes that hash, so a rerun skips them unless their weights
+changed; the table diffcourse/weights/distill_table.json is written (atomically) once every row of the requested
+tables is done.
+"""
+import argparse, datetime, json, os, platform, tempfile, time
+from pathlib import Path
+import torch
+from diffcourse.distill import DISTILL_SETUPS, TABLE_PATH, TABLE_ROWS, distill_table, row_name, weights_id
+
+COMMAND = '.venv/bin/python tools/tables/distill.py'
+
+def write_json(obj, path):
+    "Write `obj` as JSON to `path` atomically (temporary file in the same folder, then rename)."
+    path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f'.{path.name}.', suffix='.tmp')
+    try:
+        with os.fdopen(fd, 'w') as f: json.dump(obj, f, indent=1); f.write('\n')
+        os.chmod(tmp, 0o644)                                   # mkstemp makes it private; the table is for everyone
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp): os.unlink(tmp)
+        raise
+
+def main(tables=tuple(DISTILL_SETUPS), seed=0, device='cpu', out=TABLE_PATH, partial='runs/distill_table.partial.json'):
+    partial = Path(partial)
+    done = json.loads(partial.read_text()) if partial.is_file() else {}
+    for table in tables:
+        for method, steps in TABLE_ROWS:
+            key = f'{table}/{method}/{steps}/seed{seed}/{weights_id(row_name(table, method, steps))}'
+            if key in done: continue
+            t0 = time.time()
+            row, = distill_table(table, rows=((method, steps),), seed=seed, device=device, progress=False)
+            assert key.endswith(row['weights']), (key, row)
+            done[key] = row
+            write_json(done, partial)
+            print(f'{table:6} {method:12} {steps:4} steps: {row["value"]:.4f}  [{time.time() - t0:.0f}s]', flush=True)
+    result = json.loads(Path(out).read_text()) if Path(out).is_file() else dict(command=COMMAND, tables={})
+    stamp = dict(created=datetime.datetime.now().isoformat(timespec='seconds'), torch=torch.__version__,
+                 device=str(device), machine=platform.machine(), seed=seed)
+    for t in tables:
+        cmp = DISTILL_SETUPS[t]
+        result['tables'][t] = dict(teacher=cmp['teacher'], label=cmp['label'], n=cmp['n'], **stamp,
+                                   rows=[done[f'{t}/{m}/{s}/seed{seed}/{weights_id(row_name(t, m, s))}'] for m, s in TABLE_ROWS])
+    write_json(result, out)
+    print('wrote', out)
+
+if __name__ == '__main__':
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument('--tables', nargs='+', default=list(DISTILL_SETUPS), choices=list(DISTILL_SETUPS))
+    p.add_argument('--seed', type=int, default=0); p.add_argument('--device', default='cpu')
+    p.add_argument('--out', default=str(TABLE_PATH)); p.add_argument('--partial', default='runs/distill_table.partial.json')
+    a = p.parse_args()
+    main(tuple(a.tables), a.seed, a.device, a.out, a.partial)
