@@ -13,24 +13,13 @@ runs/distill_table.partial.json under a key that includes that hash, so a rerun 
 changed; the table diffcourse/weights/distill_table.json is written (atomically) once every row of the requested
 tables is done.
 """
-import argparse, datetime, json, os, platform, tempfile, time
+import argparse, datetime, json, platform, time
 from pathlib import Path
 import torch
+from _atomic import write_json                                  # tools/tables/_atomic.py
 from diffcourse.distill import DISTILL_SETUPS, TABLE_PATH, TABLE_ROWS, distill_table, row_name, weights_id
 
 COMMAND = '.venv/bin/python tools/tables/distill.py'
-
-def write_json(obj, path):
-    "Write `obj` as JSON to `path` atomically (temporary file in the same folder, then rename)."
-    path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f'.{path.name}.', suffix='.tmp')
-    try:
-        with os.fdopen(fd, 'w') as f: json.dump(obj, f, indent=1); f.write('\n')
-        os.chmod(tmp, 0o644)                                   # mkstemp makes it private; the table is for everyone
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp): os.unlink(tmp)
-        raise
 
 def main(tables=tuple(DISTILL_SETUPS), seed=0, device='cpu', out=TABLE_PATH, partial='runs/distill_table.partial.json'):
     partial = Path(partial)

@@ -11,26 +11,16 @@ about 4 ms per image per network evaluation on one CPU thread, so a 1000-evaluat
 about half an hour. Finished cells are kept in runs/sampler_table.partial.json (keyed by table, weights hash,
 sampler, budget, seed and number of samples) and skipped when the script is rerun, so an interrupted run resumes
 and a run with other --evals adds to the table. diffcourse/weights/sampler_table.json is rewritten (atomically)
-at the end of each run with every finished cell of the tables computed; tables not computed are kept as they were.
+at the end of each run: the cells computed are added to those already shipped for the same weights, seed and sample
+size (cells of other weights are dropped); tables not computed are kept as they were.
 """
-import argparse, datetime, json, os, platform, tempfile, time
+import argparse, datetime, json, platform, time
 from pathlib import Path
 import torch
+from _atomic import write_json                                  # tools/tables/_atomic.py
 from diffcourse.samplers import SAMPLERS, TABLE_EVALS, TABLE_PATH, TABLE_SETUPS, table_setup, sampler_table, weights_id
 
 COMMAND = '.venv/bin/python tools/tables/samplers.py'
-
-def write_json(obj, path):
-    "Write `obj` as JSON to `path` atomically (temporary file in the same folder, then rename)."
-    path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f'.{path.name}.', suffix='.tmp')
-    try:
-        with os.fdopen(fd, 'w') as f: json.dump(obj, f, indent=1); f.write('\n')
-        os.chmod(tmp, 0o644)                                   # mkstemp makes it private; the table is for everyone
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp): os.unlink(tmp)
-        raise
 
 def main(tables=tuple(TABLE_SETUPS), evals=TABLE_EVALS, names=tuple(SAMPLERS), seed=0, device='cpu', threads=None,
          out=TABLE_PATH, partial='runs/sampler_table.partial.json', n=None):
@@ -58,7 +48,11 @@ def main(tables=tuple(TABLE_SETUPS), evals=TABLE_EVALS, names=tuple(SAMPLERS), s
         s, nt = TABLE_SETUPS[t], n or TABLE_SETUPS[t]['n']
         wid = weights_id(s['model'])
         # every finished cell of this table, these weights, seed and size: also those of earlier runs with other --evals
-        mine = {(r['sampler'], r['budget']): r for k, r in done.items() if k.startswith(f'{t}/{wid}/') and k.endswith(f'/seed{seed}/n{nt}')}
+        old = result['tables'].get(t, {})
+        same = old.get('weights_sha256') == wid and old.get('n') == nt and old.get('seed', seed) == seed
+        mine = {(r['sampler'], r['budget']): r for r in (old.get('rows', []) if same else [])}   # the shipped cells stay...
+        mine.update({(r['sampler'], r['budget']): r for k, r in done.items()                    # ...and this run's are added
+                     if k.startswith(f'{t}/{wid}/') and k.endswith(f'/seed{seed}/n{nt}')})
         order = {name: i for i, name in enumerate(SAMPLERS)}
         rows = [mine[k] for k in sorted(mine, key=lambda k: (order[k[0]], -k[1]))]
         result['tables'][t] = dict(model=s['model'], weights_sha256=wid, label=s['label'], n=nt, **stamp, rows=rows)
