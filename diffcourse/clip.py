@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import NamedTuple
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
 
 from .core import save_safetensors, load_safetensors, weights_path, append_dims
@@ -20,8 +19,8 @@ __all__ = ['BOS', 'EOS', 'TOKENIZER_ALPHABET', 'GLYPH_STYLE_WORDS', 'GLYPH_CLIP'
            'glyph_vocab', 'write_tokenizer_files', 'load_tokenizer_files', 'make_glyph_tokenizer', 'tiny_clip_config',
            'check_prompts', 'tokenize', 'TextEncoding', 'encode_text', 'encode_images', 'clip_loss', 'drop_style_words',
            'caption_targets', 'char_prompt', 'augment_glyphs', 'clip_loss_fn', 'save_glyph_clip', 'load_glyph_clip',
-           'load_glyph_tokenizer', 'save_clip', 'clip_text_model', 'clip_similarity', 'retrieval_accuracy', 'load_clip',
-           'cutouts', 'clip_log_prob', 'clip_guidance']
+           'save_clip', 'clip_text_model', 'clip_similarity', 'retrieval_accuracy', 'load_clip', 'cutouts',
+           'clip_log_prob', 'clip_guidance']
 
 # %% ../nbs/08b_clip.ipynb #ea0fbd6a
 def _merge_pair(symbols:list, pair:tuple) -> list:
@@ -261,7 +260,7 @@ def save_glyph_clip(model, # a transformers `CLIPModel`
         if (Path(tokenizer.name_or_path)/'merges.txt').is_file() else _merges_of(tokenizer)
     meta = dict(format='diffcourse.clip/1', config=model.config.to_json_string(), vocab=json.dumps(vocab),
                 merges=json.dumps(merges), model_max_length=str(tokenizer.model_max_length))
-    meta.update({k: v if isinstance(v, str) else json.dumps(v) for k, v in info.items()})
+    meta.update(info)                                                           # non-strings are stored as JSON
     return save_safetensors({k: v.clone() for k, v in model.state_dict().items()}, path, metadata=meta)
 
 def _merges_of(tokenizer) -> list:
@@ -283,9 +282,6 @@ def load_glyph_clip(path=None, # a file written by `save_glyph_clip`; None: the 
                                    [tuple(m) for m in json.loads(meta['merges'])], int(meta['model_max_length']))
     return model.to(device).eval(), load_tokenizer_files(folder)
 
-def load_glyph_tokenizer(path=None):
-    "The tokenizer of the shipped glyph CLIP (a transformers `CLIPTokenizer`)."
-    return load_glyph_clip(path)[1]
 
 def save_clip(model, tokenizer, folder):
     "Save a CLIP model and tokenizer as a Hugging Face folder (config.json, model.safetensors, tokenizer files)."

@@ -4,7 +4,7 @@
 
 # %% ../nbs/00_core.ipynb #8eba332a
 from __future__ import annotations
-import math, os, random, tempfile
+import json, math, os, random, tempfile
 from pathlib import Path
 
 import numpy as np
@@ -128,10 +128,11 @@ def show_points(x:torch.Tensor, # (N, 2) points
 # %% ../nbs/00_core.ipynb #c1c36238
 def save_safetensors(tensors:dict, # name -> tensor
                      path, # destination file
-                     metadata:dict|None=None): # str -> str metadata stored in the header
+                     metadata:dict|None=None): # metadata stored in the header; values that are not strings are stored as JSON
     "Write `tensors` to `path` as safetensors, atomically (temp file + rename)."
     from safetensors.torch import save
     path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
+    if metadata is not None: metadata = {k: v if isinstance(v, str) else json.dumps(v) for k, v in metadata.items()}
     data = save({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, metadata=metadata)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f'.{path.name}.', suffix='.tmp')
     try:

@@ -4,29 +4,28 @@
 
 # %% ../nbs/10_distillation.ipynb #3ca749dc
 from __future__ import annotations
-import copy, hashlib, json, time
+import copy, json, time
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 import matplotlib.pyplot as plt
 from fastprogress import progress_bar
 
-from .core import append_dims, save_safetensors, weights_path, WEIGHTS_DIR
+from .core import append_dims, WEIGHTS_DIR
 from .schedules import Schedule, spaced_timesteps
-from .samplers import Denoiser, SAMPLERS
-from .metrics import fid, sliced_wasserstein, FID_N
-from .data import toy_2d
-from .training import train, load_pretrained, save_pretrained
+from .samplers import (Denoiser, SAMPLERS, TABLE_SETUPS, euler_step, timestep_sigmas, load_denoiser, weights_id,
+                                 _pick, _device_of)
+from .metrics import FID_N
+from .training import train
 
 # %% auto #0
-__all__ = ['DISTILL_SETUPS', 'WEIGHTINGS', 'METHODS', 'TABLE_ROWS', 'TABLE_PATH', 'distill_sigmas', 'ddim_step', 'sample_steps',
-           'sw_to_mixture', 'fid_digits', 'distill_target', 'teacher_steps2', 'loss_weight', 'check_v', 'distill_loss',
-           'check_halving', 'distill_round', 'progressive_distillation', 'student_name', 'load_denoiser',
-           'load_student', 'teacher_pairs', 'direct_loss', 'distill_direct', 'row_name', 'row_model', 'weights_id',
-           'distill_table', 'load_distill_table', 'stale_rows', 'plot_distill_table', 'table_value']
+__all__ = ['ddim_step', 'sw_to_mixture', 'fid_digits', 'DISTILL_SETUPS', 'WEIGHTINGS', 'METHODS', 'TABLE_ROWS', 'TABLE_PATH',
+           'distill_sigmas', 'sample_steps', 'distill_target', 'teacher_steps2', 'loss_weight', 'check_v',
+           'distill_loss', 'check_halving', 'distill_round', 'progressive_distillation', 'student_name', 'load_student',
+           'teacher_pairs', 'direct_loss', 'distill_direct', 'row_name', 'row_model', 'distill_table',
+           'load_distill_table', 'stale_rows', 'plot_distill_table', 'table_value']
 
 # %% ../nbs/10_distillation.ipynb #9c80d002
 def _check_steps(steps, T:int, what:str='steps'):
@@ -39,8 +38,7 @@ def distill_sigmas(schedule:Schedule, # the teacher's schedule; its T must be di
                   ) -> torch.Tensor: # (N+1,) noise levels: timesteps jT/N - 1 for j = N..1, then 0
     "The noise levels of an N-step sampler on the grid t = 1, 1 - 1/N, ..., 1/N, 0 of Salimans & Ho ('trailing' timesteps)."
     _check_steps(steps, schedule.T)
-    ts = spaced_timesteps(steps, schedule.T, 'trailing')                     # (N,) descending timesteps jT/N - 1
-    return torch.cat([schedule.sigmas[ts], schedule.sigmas.new_zeros(1)])   # sigma = sqrt((1 - abar) / abar), then 0
+    return timestep_sigmas(schedule, spaced_timesteps(steps, schedule.T, 'trailing'))   # timesteps jT/N - 1, then sigma = 0
 
 # %% ../nbs/10_distillation.ipynb #f4a0e053
 def _wide(x:torch.Tensor) -> torch.dtype:
@@ -51,13 +49,7 @@ def _in_dtype(model, dtype):
     "The denoiser called on inputs cast to `dtype` (the network's), its output cast back to the caller's dtype."
     return lambda x, sigma: model(x.to(dtype), torch.as_tensor(sigma).to(dtype)).to(x.dtype)
 
-def ddim_step(x:torch.Tensor, # (B, ...) the sample at noise level sigma
-              x0_hat:torch.Tensor, # (B, ...) the denoiser's guess D(x, sigma)
-              sigma, sigma_next, # noise levels: numbers, or tensors that broadcast against x
-             ) -> torch.Tensor: # (B, ...) the sample at sigma_next
-    "One deterministic DDIM step (eta = 0) in sigma space: lesson 07's Euler step of the probability-flow ODE."
-    d = (x - x0_hat) / sigma                                                       # the ODE's slope (= eps_hat)
-    return x + (sigma_next - sigma) * d                                            # eq. (D), as lesson 07 computes it
+ddim_step = euler_step   # eq. (D): a deterministic DDIM step in sigma space is lesson 07's Euler step, x + (sigma' - sigma) (x - x0_hat) / sigma
 
 @torch.no_grad()
 def sample_steps(model:Denoiser, # the network wrapped as a denoiser (it carries the schedule)
@@ -72,16 +64,8 @@ def sample_steps(model:Denoiser, # the network wrapped as a denoiser (it carries
     return SAMPLERS['ddim'](_in_dtype(model, noise.dtype), x, sigmas, progress=progress).to(noise.dtype)
 
 # %% ../nbs/10_distillation.ipynb #a5f601da
-def sw_to_mixture(n_ref:int=10_000, # fresh draws of the mixture to compare with
-                  n_proj:int=256, # random projections
-                  seed:int=1): # seeds the reference draws (and seed + 1 the projections)
-    "Lesson 06's sliced Wasserstein distance to the 2-D Gaussian mixture, as a function metric(x) -> float."
-    ref = toy_2d('gaussian_mixture', n_ref, generator=torch.Generator().manual_seed(seed))          # (n_ref, 2)
-    return lambda x: float(sliced_wasserstein(x.cpu(), ref, n_proj, generator=torch.Generator().manual_seed(seed + 1)))
-
-def fid_digits():
-    "Lesson 06's FID against the digits test set, unchanged (samples clamped to the image range [-1, 1])."
-    return lambda x: float(fid(x.clamp(-1, 1), classifier='digits'))
+sw_to_mixture = TABLE_SETUPS['toy']['metric']     # lesson 06's sliced Wasserstein to the Gaussian mixture, as lesson 07 uses it
+fid_digits = TABLE_SETUPS['digits']['metric']     # lesson 06's FID against the digits test set (samples clamped to [-1, 1])
 
 DISTILL_SETUPS = {  # comparison -> the shipped teacher, the metric (lower is better), shape of one sample, samples per row
     'toy': dict(teacher='toy_mlp_v_gaussian_mixture', metric=sw_to_mixture, shape=(2,), n=2000, label='sliced Wasserstein to the data'),
@@ -120,8 +104,7 @@ def loss_weight(sigma:torch.Tensor, # (B,) noise levels
                 weighting:str='truncated_snr', # a key of WEIGHTINGS
                ) -> torch.Tensor: # (B,) weights
     "The weight of the squared x-error at noise level `sigma`."
-    if weighting not in WEIGHTINGS: raise ValueError(f"Unknown weighting {weighting!r}; valid choices are {list(WEIGHTINGS)}")
-    return WEIGHTINGS[weighting](sigma)
+    return _pick(WEIGHTINGS, weighting, 'weighting')(sigma)
 
 # %% ../nbs/10_distillation.ipynb #645b6dc5
 def check_v(model:Denoiser, # the teacher (or student) to check
@@ -174,7 +157,7 @@ def distill_round(teacher:Denoiser, # the teacher (v-prediction); it is not modi
     "One round of progressive distillation: a copy of the teacher learns to take one DDIM step for the teacher's two."
     check_v(teacher); check_halving(teacher_steps, student_steps)
     _check_steps(teacher_steps, teacher.schedule.T, 'teacher_steps')
-    if weighting not in WEIGHTINGS: raise ValueError(f"Unknown weighting {weighting!r}; valid choices are {list(WEIGHTINGS)}")
+    _pick(WEIGHTINGS, weighting, 'weighting')                                                   # fail before training
     frozen = Denoiser(copy.deepcopy(teacher.net).eval().requires_grad_(False), teacher.schedule, 'v')
     net = copy.deepcopy(teacher.net).requires_grad_(True)                                     # the student starts as the teacher
     loss_fn = lambda m, b: distill_loss(Denoiser(m, teacher.schedule, 'v'), frozen, b[0], student_steps, weighting)
@@ -211,14 +194,7 @@ def student_name(teacher:str, # the teacher's shipped name, e.g. 'digits_unet_v'
                  method:str='progressive', # a key of METHODS
                 ) -> str:
     "The shipped name of a student, e.g. 'digits_unet_v_pd4'."
-    if method not in METHODS: raise ValueError(f"Unknown method {method!r}; valid choices are {list(METHODS)}")
-    return f'{teacher}_{METHODS[method]}{steps}'
-
-def load_denoiser(name:str, # a shipped model name (or path), saved by `save_pretrained`
-                  device='cpu') -> Denoiser:
-    "A shipped network wrapped as a `Denoiser` with the schedule and objective it was trained with."
-    net, info = load_pretrained(name, device=device)
-    return Denoiser(net, Schedule.from_name(info['schedule'], T=info['T']), info['objective'])
+    return f'{teacher}_{_pick(METHODS, method, "method")}{steps}'
 
 def load_student(teacher:str, steps:int, method:str='progressive', device='cpu') -> Denoiser:
     "A shipped student of `teacher` that samples in `steps` steps."
@@ -233,7 +209,7 @@ def teacher_pairs(teacher:Denoiser, # the teacher
                   batch_size:int=500, # sample in chunks of this size
                   progress:bool=False):
     "Noise and the teacher's deterministic samples from it: the training set of Luhman & Luhman (2021)."
-    noise = torch.randn(shape, generator=generator).to(next(teacher.net.parameters()).device)   # (n, ...)
+    noise = torch.randn(shape, generator=generator).to(_device_of(teacher))   # (n, ...)
     chunks = noise.split(batch_size)
     x = torch.cat([sample_steps(teacher, c, steps) for c in (progress_bar(chunks) if progress else chunks)])
     return noise, x
@@ -267,9 +243,7 @@ TABLE_ROWS = (('ddim', 256), ('ddim', 128), ('ddim', 64), ('ddim', 8), ('ddim', 
               ('progressive', 8), ('progressive', 4), ('progressive', 2), ('progressive', 1), ('direct', 1))
 TABLE_PATH = WEIGHTS_DIR/'distill_table.json'    # the full table, written by tools/tables/distill.py
 
-def _setup(name):
-    if name not in DISTILL_SETUPS: raise ValueError(f"Unknown table {name!r}; valid choices are {list(DISTILL_SETUPS)}")
-    return DISTILL_SETUPS[name]
+def _setup(name): return _pick(DISTILL_SETUPS, name, 'table')
 
 def row_name(setup:str, # a key of DISTILL_SETUPS
              method:str, # 'ddim' (the teacher), or a key of METHODS
@@ -281,10 +255,6 @@ def row_name(setup:str, # a key of DISTILL_SETUPS
 def row_model(setup:str, method:str, steps:int, device='cpu') -> Denoiser:
     "The denoiser of one row of the table (see `row_name`)."
     return load_denoiser(row_name(setup, method, steps), device)
-
-def weights_id(name:str) -> str:
-    "The first 12 hex digits of the sha256 of shipped weights `name`: each row of a table records what it measured."
-    return hashlib.sha256(weights_path(f'{name}.safetensors').read_bytes()).hexdigest()[:12]
 
 def distill_table(setup:str, # a key of DISTILL_SETUPS: 'toy' or 'digits'
                   rows=TABLE_ROWS, # (method, steps) pairs

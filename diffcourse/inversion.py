@@ -4,7 +4,6 @@
 
 # %% ../nbs/09b_textual_inversion.ipynb #7e83dec7
 from __future__ import annotations
-import json
 from pathlib import Path
 
 import torch
@@ -14,6 +13,7 @@ from .core import save_safetensors, load_safetensors, weights_path
 from .schedules import Schedule
 from .training import ddpm_loss, train
 from .latent import SDParts, latent_dataset
+from .clip import tokenize
 
 # %% auto #0
 __all__ = ['GLYPH_TINY', 'ink_radius', 'add_token', 'insert_token', 'inversion_loss_fn', 'learn_token', 'save_token',
@@ -64,10 +64,10 @@ def inversion_loss_fn(unet:nn.Module, # the frozen U-Net
                       generator:torch.Generator|None=None, # randomness of the posterior samples, t and eps
                      ):
     "A `loss_fn(text_encoder, batch)` for `train`: eq. (1) on a batch (mu, sigma, index) of concept latents."
+    all_ids = tokenize(tokenizer, captions)                                       # (N, L): the captions are fixed, tokenize once
     def loss_fn(text_encoder, batch):
         mu, sigma, idx = batch                                                    # (B, C, h, w), (B, C, h, w), (B,)
-        ids = tokenizer([captions[i] for i in idx.tolist()], padding='max_length', max_length=tokenizer.model_max_length,
-                        truncation=True, return_tensors='pt').input_ids.to(mu.device)
+        ids = all_ids[idx.cpu()].to(mu.device)
         context = text_encoder(ids)[0]                                            # (B, L, D), depends on the new row
         gdev = generator.device if generator is not None else mu.device
         z0 = mu + sigma * torch.randn(mu.shape, generator=generator, device=gdev).to(mu.device)
@@ -114,8 +114,7 @@ def save_token(path, # the .safetensors file to write
                embedding:torch.Tensor, # (D,) its embedding
                **info): # what produced it (stored in the metadata)
     "Save a learned word as diffusers' textual-inversion format: {token: (D,) embedding}."
-    meta = {k: v if isinstance(v, str) else json.dumps(v) for k, v in info.items()}
-    return save_safetensors({token: embedding.detach().float().cpu()}, path, metadata=meta)
+    return save_safetensors({token: embedding.detach().float().cpu()}, path, metadata=info)
 
 def load_token(parts:SDParts, # the checkpoint to teach the word to (changed in place)
                path=None, # a file written by `save_token`; None: the `<tiny>` word shipped with the course

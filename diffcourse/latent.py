@@ -340,7 +340,7 @@ def _config_json(model) -> str:
 
 def save_glyph_vae(vae:nn.Module, path, **info):
     "Ship a glyph VAE: weights in float16, its config (with the scaling factor) and `info` in the metadata."
-    meta = dict(format='diffcourse.sd-vae/1', config=_config_json(vae), **{k: v if isinstance(v, str) else json.dumps(v) for k, v in info.items()})
+    meta = dict(format='diffcourse.sd-vae/1', config=_config_json(vae), **info)
     return save_safetensors({k: v.half() for k, v in vae.state_dict().items()}, path, metadata=meta)
 
 def load_glyph_vae(path=None, # a file written by `save_glyph_vae`; None: the one shipped with the course
@@ -402,7 +402,7 @@ def save_glyph_sd(unet:nn.Module, # the trained U-Net
                **{f'text_encoder.{k}': v.half() for k, v in text_encoder.state_dict().items()}}
     meta = dict(format='diffcourse.sd-unet/1', unet_config=_config_json(unet), text_config=text_encoder.config.to_json_string(),
                 **{k: str(tokenizer_files[k]) for k in ('vocab', 'merges', 'model_max_length')},
-                **{k: v if isinstance(v, str) else json.dumps(v) for k, v in info.items()})
+                **info)                                                                         # non-strings stored as JSON
     return save_safetensors(tensors, path, metadata=meta)
 
 def load_glyph_sd(path=None, # a file written by `save_glyph_sd`; None: the one shipped with the course

@@ -14,16 +14,18 @@ from torch import nn
 from fastprogress import progress_bar
 import matplotlib.pyplot as plt
 
-from .core import append_dims, WEIGHTS_DIR
-from .schedules import abar_to_logsnr, spaced_timesteps, linspace_timesteps
-from .metrics import FID_N
+from .core import append_dims, weights_path, WEIGHTS_DIR
+from .schedules import Schedule, abar_to_logsnr, spaced_timesteps, linspace_timesteps
+from .data import toy_2d
+from .metrics import FID_N, fid, sliced_wasserstein
+from .training import load_pretrained
 
 # %% auto #0
 __all__ = ['X0_FROM', 'SAMPLERS', 'SIGMAS', 'TABLE_EVALS', 'TABLE_PATH', 'TABLE_SETUPS', 'Denoiser', 'euler_step',
            'ancestral_step', 'sample_ddim', 'sample_ddpm', 'timestep_sigmas', 'karras_sigmas', 'sample_euler',
            'sample_heun', 'sample_dpmpp_2m', 'ddim_sigmas', 'edm_sigmas', 'dpm_sigmas', 'default_sigmas', 'num_evals',
-           'steps_for_evals', 'sample', 'weights_id', 'table_setup', 'sampler_table', 'load_sampler_table',
-           'plot_sampler_table']
+           'steps_for_evals', 'sample', 'weights_id', 'load_denoiser', 'table_setup', 'sampler_table',
+           'load_sampler_table', 'plot_sampler_table']
 
 # %% ../nbs/07_samplers.ipynb #3f4ac25c
 def _pick(table:dict, name:str, what:str):
@@ -265,12 +267,9 @@ TABLE_EVALS = (1000, 250, 100, 50, 20, 10, 5)          # the budgets of network 
 TABLE_PATH = WEIGHTS_DIR/'sampler_table.json'           # the full table, written by tools/tables/samplers.py
 
 def _fid_digits():
-    from diffcourse.metrics import fid
     return lambda x: fid(x.clamp(-1, 1), classifier='digits')        # samples are images: clamp to [-1, 1]
 
 def _sw_toy(toy:str='gaussian_mixture', n_ref:int=10_000, n_proj:int=256, seed:int=1):
-    from diffcourse.data import toy_2d
-    from diffcourse.metrics import sliced_wasserstein
     ref = toy_2d(toy, n_ref, generator=torch.Generator().manual_seed(seed))         # (n_ref, 2) fresh data
     return lambda x: sliced_wasserstein(x.cpu(), ref, n_proj, generator=torch.Generator().manual_seed(seed + 1))
 
@@ -281,19 +280,26 @@ TABLE_SETUPS = {  # name -> shipped model, metric factory (lower is better), sha
 
 def weights_id(model:str) -> str:
     "The first 12 hex digits of the sha256 of shipped weights `model`: a table records which weights it measured."
+    p = weights_path(f'{model}.safetensors'); st = p.stat()
+    return _sha12(str(p), st.st_mtime_ns, st.st_size)            # hashed once per version of the file
+
+@lru_cache(maxsize=None)
+def _sha12(path:str, mtime_ns:int, size:int) -> str:
     import hashlib
-    from diffcourse.core import weights_path
-    return hashlib.sha256(weights_path(f'{model}.safetensors').read_bytes()).hexdigest()[:12]
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:12]
+
+def load_denoiser(name:str, # a shipped model name (or path), saved by `save_pretrained`
+                  device='cpu') -> Denoiser:
+    "A shipped network wrapped as a `Denoiser` with the schedule and objective it was trained with."
+    net, info = load_pretrained(name, device=device)
+    return Denoiser(net, Schedule.from_name(info['schedule'], T=info['T']), info['objective'])
 
 def table_setup(name:str, # a key of TABLE_SETUPS: 'digits' or 'toy'
                 device=None, # where to put the network (default: cpu)
                ) -> tuple: # (Denoiser, metric)
     "The denoiser and the metric of the comparison `name` of TABLE_SETUPS."
-    from diffcourse.training import load_pretrained
-    from diffcourse.schedules import Schedule
     setup = _pick(TABLE_SETUPS, name, 'table')
-    net, info = load_pretrained(setup['model'], device=device or 'cpu')
-    return Denoiser(net, Schedule.from_name(info['schedule'], T=info['T']), info['objective']), setup['metric']()
+    return load_denoiser(setup['model'], device or 'cpu'), setup['metric']()
 
 def sampler_table(model:Denoiser, # the denoiser to sample from
                   metric, # metric(samples) -> float, lower is better

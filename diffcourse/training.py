@@ -346,8 +346,7 @@ def save_pretrained(model:nn.Module, # a model with a `config` dict (its constru
     "Ship a model's weights with the config that rebuilds it and `info`, in one safetensors file."
     if not isinstance(getattr(model, 'config', None), dict):
         raise ValueError(f"save_pretrained needs a model with a `config` dict of its constructor arguments; {_arch(model)} has none")
-    meta = {k: v if isinstance(v, str) else json.dumps(v) for k, v in info.items()}
-    meta.update(format=WEIGHTS_FORMAT, arch=_arch(model), config=json.dumps(model.config))
+    meta = {**info, 'format': WEIGHTS_FORMAT, 'arch': _arch(model), 'config': model.config}   # non-strings stored as JSON
     return save_safetensors({k: v.clone() for k, v in model.state_dict().items()}, path, metadata=meta)
 
 def _parse(v):

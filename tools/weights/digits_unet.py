@@ -5,9 +5,7 @@
 
 It checkpoints to runs/digits_unet.ckpt.safetensors every 250 steps and resumes from there when rerun.
 """
-import argparse, os, sys, time
-from pathlib import Path
-import torch
+import argparse, os, time
 from diffcourse.core import seed_everything, weights_path
 from diffcourse.data import get_dataloader
 from diffcourse.schedules import Schedule

@@ -12,6 +12,7 @@ copy of the text encoder in float16, the tokenizer, the configs, the accuracies 
 Checkpoints every 250 steps and resumes when rerun.
 """
 import argparse, hashlib, os, time
+from pathlib import Path
 import torch
 from diffcourse.core import seed_everything, weights_path, load_safetensors
 from diffcourse.data import load_glyphs, GLYPH_CHARS
@@ -20,7 +21,7 @@ from diffcourse.training import train
 from diffcourse.clip import load_glyph_clip, clip_text_model, char_prompt, GLYPH_CLIP
 from diffcourse.metrics import classifier_accuracy
 from diffcourse.latent import (glyph_unet, glyph_scheduler, latent_dataset, latent_loss_fn, load_glyph_vae, save_glyph_sd,
-                               SDParts, text_to_image, GLYPH_SD)
+                               SDParts, text_to_image, GLYPH_SD, GLYPH_VAE)
 
 COMMAND = '.venv/bin/python tools/weights/glyph_sd.py'
 
@@ -32,8 +33,8 @@ def main(steps=4000, batch_size=128, lr=1e-3, p_uncond=0.1, p_drop=0.5, vae=None
     clip_model, tok = load_glyph_clip(clip_path)
     te = clip_text_model(clip_model).eval().requires_grad_(False)
     _, clip_meta = load_safetensors(clip_path)
-    sha = lambda p: hashlib.sha256(open(p, 'rb').read()).hexdigest()
-    inputs = dict(clip_sha256=sha(clip_path), vae_sha256=sha(vae or weights_path('glyph_vae.safetensors')))
+    sha = lambda p: hashlib.sha256(Path(p).read_bytes()).hexdigest()
+    inputs = dict(clip_sha256=sha(clip_path), vae_sha256=sha(vae or weights_path(GLYPH_VAE)))
     g = load_glyphs('train')
     ds = latent_dataset(vae_model, g.images)
     dl = torch.utils.data.DataLoader(ds, batch_size=batch_size, shuffle=True, drop_last=True, generator=torch.Generator().manual_seed(0))
