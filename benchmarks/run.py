@@ -1,9 +1,12 @@
 #!/usr/bin/env python3
 """The course's benchmarks: `.venv/bin/python benchmarks/run.py` (not part of the test run; it takes minutes).
 
-1. notebooks: wall time of every notebook in nbs/, each executed by nbclient in a fresh kernel with IN_TEST=1 and
-   one thread, two at a time (as CI runs them on 2 cores), and of the whole curriculum. Goals on a 2-core CPU:
-   every lesson <= 3 min, the curriculum <= 15 min.
+1. notebooks: wall time of every notebook in nbs/, each executed by nbclient in a fresh kernel, two ways:
+   `ci`, with IN_TEST=1 and one thread, two at a time (as CI runs them on 2 cores), and `learner`, the way a learner
+   runs a lesson: alone, in one kernel with all cores, not under IN_TEST (so with the budgets and cells a learner
+   gets), plots rendered inline; and the whole curriculum each way. Goals on a 2-core CPU: every lesson <= 3 min
+   in both modes, the curriculum <= 15 min as CI runs it. After a run into the default results file, every lesson's
+   cost cell (its "time on a 2-core CPU" item, see tools/course.py `headers`) is regenerated from it.
 2. samplers: time per network evaluation of each of our samplers against the diffusers scheduler loop it matches,
    same network (a 1x1 convolution, so that the sampler's own bookkeeping is what is measured), same number of
    evaluations, timed alternately in this one run. Goal: ratio ours / diffusers <= 1.0. For scale, the digits
@@ -14,13 +17,16 @@
    the set-up's (Linux /proc/self VmHWM, reset first), on GPU torch.cuda.max_memory_allocated above the set-up's.
 
 Where a CUDA GPU is present, 2-4 are measured on it too; every row names its device. The table is printed and
-written to benchmarks/results.json (a partial run, e.g. --only unet, replaces only its own part). Options: --only notebooks,samplers,unet  --nbs 00_core,01_data  --jobs 2
+written to benchmarks/results.json (a partial run, e.g. --only unet, replaces only its own part; --nbs or --modes
+replace only the rows they measured). Options: --only notebooks,samplers,unet  --nbs 00_core,01_data  --modes ci,learner
+--jobs 2 (CI mode)  --out FILE (then the lessons are left alone)
 """
-import argparse, datetime, inspect, json, os, platform, re, statistics, subprocess, sys, time
+import argparse, datetime, importlib.util, inspect, json, os, platform, re, statistics, subprocess, sys, time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT/'benchmarks'/'results.json'
 NB_GOAL_S, COURSE_GOAL_S, RATIO_GOAL = 180, 900, 1.0
 SAMPLER_STEPS = 50
 
@@ -32,27 +38,63 @@ def execute_notebook(path):
     nb = nbformat.read(path, as_version=4)
     NotebookClient(nb, timeout=1800, kernel_name='python3', resources={'metadata': {'path': str(Path(path).parent)}}).execute()
 
-def time_notebook(nb, threads):
-    env = {**os.environ, 'IN_TEST': '1', 'OMP_NUM_THREADS': str(threads), 'MPLBACKEND': 'Agg', 'HF_HUB_OFFLINE': '1',
-           'TOKENIZERS_PARALLELISM': 'false', 'PYTHONWARNINGS': 'ignore::DeprecationWarning'}
+def mode_env(mode, threads):
+    "The environment a notebook runs under: as CI runs it, or as a learner does (all cores, no IN_TEST, inline plots)."
+    env = {**os.environ, 'HF_HUB_OFFLINE': '1', 'PYTHONWARNINGS': 'ignore::DeprecationWarning'}   # no downloads
+    if mode == 'ci':
+        ci = {'IN_TEST': '1', 'OMP_NUM_THREADS': str(threads), 'MPLBACKEND': 'Agg', 'TOKENIZERS_PARALLELISM': 'false'}
+        return {**env, **ci}
+    for k in ('IN_TEST', 'OMP_NUM_THREADS', 'MKL_NUM_THREADS', 'TOKENIZERS_PARALLELISM'):
+        env.pop(k, None)
+    return {**env, 'MPLBACKEND': 'module://matplotlib_inline.backend_inline'}
+
+def time_notebook(nb, mode, threads):
     t0 = time.perf_counter()
-    r = subprocess.run([sys.executable, __file__, '--_execute', str(nb)], env=env, capture_output=True, text=True)
+    r = subprocess.run([sys.executable, __file__, '--_execute', str(nb)], env=mode_env(mode, threads),
+                       capture_output=True, text=True)
     s = time.perf_counter() - t0
     err = re.sub(r'\x1b\[[0-9;]*m', '', r.stderr.strip().splitlines()[-1])[:300] if r.returncode else None   # the exception line
     goal = NB_GOAL_S if nb.name != 'index.ipynb' else None
-    return dict(notebook=nb.name, device='cpu', seconds=round(s, 1), ok=not r.returncode, error=err, goal_s=goal,
-                met=None if goal is None or r.returncode else s <= goal)   # a failed run proves nothing
+    return dict(notebook=nb.name, mode=mode, device='cpu', seconds=round(s, 1), ok=not r.returncode, error=err,
+                goal_s=goal, met=None if goal is None or r.returncode else s <= goal,   # a failed run proves nothing
+                threads=threads if mode == 'ci' else 'all', date=datetime.date.today().isoformat())
 
-def bench_notebooks(args):
+# How each mode runs the notebooks: CI two at a time (--jobs) on one thread each (--threads); a learner one at a time.
+MODES = dict(ci=lambda args: (args.jobs, args.threads), learner=lambda args: (1, None))
+
+def bench_notebooks(args, old=()):
+    "Time the notebooks in each mode; rows of notebooks (or modes) not run now are kept from `old`."
     nbs = sorted(p for p in (ROOT/'nbs').glob('*.ipynb') if not p.name.startswith(('_', '.')))
     if args.nbs: nbs = [p for p in nbs if any(p.stem.startswith(n) for n in args.nbs.split(','))]
-    t0 = time.perf_counter()
-    with ThreadPoolExecutor(args.jobs) as ex: rows = list(ex.map(lambda p: time_notebook(p, args.threads), nbs))
-    wall = time.perf_counter() - t0
-    course = dict(notebook=f'curriculum ({len(nbs)} notebooks, {args.jobs} at a time)', device='cpu', seconds=round(wall, 1),
-                  ok=all(r['ok'] for r in rows), error=None, goal_s=COURSE_GOAL_S if not args.nbs else None,
-                  met=wall <= COURSE_GOAL_S if not args.nbs and all(r['ok'] for r in rows) else None, sum_seconds=round(sum(r['seconds'] for r in rows), 1))
-    return rows + [course]
+    rows = []
+    for mode in args.modes.split(','):
+        jobs, threads = MODES[mode](args)
+        t0 = time.perf_counter()
+        with ThreadPoolExecutor(jobs) as ex: new = list(ex.map(lambda p: time_notebook(p, mode, threads), nbs))
+        wall = time.perf_counter() - t0
+        rows += new
+        if args.nbs: continue     # a curriculum row only for a run of every notebook
+        ok = all(r['ok'] for r in new)
+        goal = COURSE_GOAL_S if mode == 'ci' else None
+        rows.append(dict(notebook=f'curriculum ({len(nbs)} notebooks, {jobs} at a time)', mode=mode, device='cpu',
+                         seconds=round(wall, 1), ok=ok, error=None, goal_s=goal,
+                         met=wall <= goal if goal and ok else None,
+                         sum_seconds=round(sum(r['seconds'] for r in new), 1), date=datetime.date.today().isoformat()))
+    done = {row_key(r) for r in rows}
+    kept = [r for r in old if row_key(r) not in done]
+    return sorted(kept + rows, key=lambda r: (row_key(r)[1], r['notebook'].startswith('curriculum'), r['notebook']))
+
+def row_key(r):
+    "(notebook, mode) of a notebooks row; one curriculum row per mode."
+    return 'curriculum' if r['notebook'].startswith('curriculum') else r['notebook'], r.get('mode', 'ci')
+
+def refresh_lessons(results):
+    "Regenerate the time item of every lesson's cost cell from `results` (tools/course.py's `headers`); clean them."
+    spec = importlib.util.spec_from_file_location('course', ROOT/'tools'/'course.py')
+    course = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(course)
+    have = [p for p in course.lessons() if course.COST_HEAD in p.read_text()]
+    return course.headers(*have, results=results) if have else []
 
 # ---------------------------------------------------------------- 2. samplers against diffusers' schedulers
 def _sync(device):
@@ -214,19 +256,28 @@ def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument('--only', default='notebooks,samplers,unet', help='comma-separated parts to run')
     p.add_argument('--nbs', default='', help='only notebooks whose name starts with one of these (comma-separated)')
-    p.add_argument('--jobs', type=int, default=2, help='notebooks executed at a time (CI: 2)')
-    p.add_argument('--threads', type=int, default=1, help='OMP_NUM_THREADS of each notebook kernel (CI: 1)')
+    p.add_argument('--modes', default='ci,learner', help='how the notebooks run: ci (IN_TEST=1, --jobs at a time, '
+                   '--threads each), learner (one at a time, all cores, not under IN_TEST)')
+    p.add_argument('--jobs', type=int, default=2, help='notebooks executed at a time in CI mode (CI: 2)')
+    p.add_argument('--threads', type=int, default=1, help='OMP_NUM_THREADS of each notebook kernel in CI mode (CI: 1)')
     p.add_argument('--rounds', type=int, default=5, help='timed repetitions of each sampler / training measurement')
-    p.add_argument('--out', default=str(ROOT/'benchmarks'/'results.json'))
+    p.add_argument('--out', default=str(RESULTS), help='results file (lessons\' cost cells follow only the default)')
     args = p.parse_args()
+    if set(args.modes.split(',')) - set(MODES):
+        p.error(f'unknown modes in --modes {args.modes!r}; valid choices are {list(MODES)}')
     import torch
     devices = ['cpu'] + (['cuda'] if torch.cuda.is_available() else [])
     torch.set_num_threads(max(1, args.threads))
     exe = os.path.relpath(sys.executable, ROOT) if Path(sys.executable).is_relative_to(ROOT) else sys.executable
     out = Path(args.out)
     res = json.loads(out.read_text()) if out.exists() else {}     # parts not run now keep their last results
+    last = res.get('measured', {}).get('notebooks', {}).get('date') or res.get('machine', {}).get('date')
+    for r in res.get('notebooks', []):                               # rows from before each row had a mode and a date
+        r.setdefault('mode', 'ci')
+        r.setdefault('date', last)
     res.update(machine=machine(), command=' '.join([exe, os.path.relpath(__file__, ROOT), *sys.argv[1:]]))
-    parts = dict(notebooks=(bench_notebooks, ['notebook', 'device', 'seconds', 'goal_s', 'met', 'ok', 'sum_seconds', 'error']),
+    nb_cols = ['notebook', 'mode', 'device', 'seconds', 'goal_s', 'met', 'ok', 'sum_seconds', 'error']
+    parts = dict(notebooks=(bench_notebooks, nb_cols),
                  samplers=(bench_samplers, ['sampler', 'diffusers', 'device', 'batch', 'evals_ours', 'evals_diffusers', 'ms_per_eval_ours',
                                             'ms_per_eval_diffusers', 'ratio', 'goal', 'met', 'unet_ms_per_eval', 'peak_mb_ours', 'peak_mb_diffusers']),
                  unet=(bench_unet, ['model', 'device', 'batch', 'params', 'images_per_s', 'ratio', 'peak_mb']))
@@ -235,11 +286,13 @@ def main():
     print(json.dumps(res['machine']))
     for part in args.only.split(','):
         fn, cols = parts[part]
-        res[part] = fn(args) if part == 'notebooks' else fn(args, devices)
+        res[part] = fn(args, res.get('notebooks', [])) if part == 'notebooks' else fn(args, devices)
         res.setdefault('measured', {})[part] = dict(date=res['machine']['date'], command=res['command'])
         print(f'\n## {part}\n' + table(res[part], cols), flush=True)
     out.write_text(json.dumps(res, indent=1) + '\n')
     print(f'\nwrote {args.out}')
+    if 'notebooks' in args.only.split(',') and out.resolve() == RESULTS.resolve():
+        print(f'lesson cost cells regenerated: {[p.name for p in refresh_lessons(res)]}')
 
 if __name__ == '__main__':
     if sys.argv[1:2] == ['--_execute']: execute_notebook(sys.argv[2])

@@ -4,23 +4,24 @@
 
 # %% ../nbs/08b_clip.ipynb #f4b27b88
 from __future__ import annotations
-import collections, json, math, string, tempfile, warnings
+import collections, contextlib, inspect, json, string, tempfile, warnings
 from pathlib import Path
 from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 
-from .core import save_safetensors, load_safetensors, weights_path, append_dims
-from .guidance import GradientGuidance
+from .core import save_safetensors, load_safetensors, weights_path, append_dims, check_number
+from .data import net_timeout, is_offline
+from .guidance import GradientGuidance, _shape_of
 
 # %% auto #0
 __all__ = ['BOS', 'EOS', 'TOKENIZER_ALPHABET', 'GLYPH_STYLE_WORDS', 'GLYPH_CLIP', 'CLIP_SCALE', 'CLIP_CUTOUTS', 'bpe_merges',
-           'glyph_vocab', 'write_tokenizer_files', 'load_tokenizer_files', 'make_glyph_tokenizer', 'tiny_clip_config',
-           'check_prompts', 'tokenize', 'TextEncoding', 'encode_text', 'encode_images', 'clip_loss', 'drop_style_words',
-           'caption_targets', 'char_prompt', 'augment_glyphs', 'clip_loss_fn', 'save_glyph_clip', 'load_glyph_clip',
-           'save_clip', 'clip_text_model', 'clip_similarity', 'retrieval_accuracy', 'load_clip', 'cutouts',
-           'clip_log_prob', 'clip_guidance']
+           'glyph_vocab', 'write_tokenizer_files', 'load_tokenizer_files', 'tokenizer_from', 'make_glyph_tokenizer',
+           'tiny_clip_config', 'check_prompts', 'tokenize', 'TextEncoding', 'encode_text', 'encode_images', 'clip_loss',
+           'drop_style_words', 'caption_targets', 'char_prompt', 'augment_glyphs', 'clip_loss_fn', 'save_glyph_clip',
+           'load_glyph_clip', 'save_clip', 'clip_text_model', 'clip_similarity', 'retrieval_accuracy', 'load_clip',
+           'cutouts', 'clip_log_prob', 'clip_guidance']
 
 # %% ../nbs/08b_clip.ipynb #ea0fbd6a
 def _merge_pair(symbols:list, pair:tuple) -> list:
@@ -34,6 +35,9 @@ def _merge_pair(symbols:list, pair:tuple) -> list:
 def bpe_merges(words:list, # the words to turn into single tokens (already lower-cased)
               ) -> list: # the merges in the order learned, [(left, right), ...]
     "Learn byte-pair-encoding merges on `words` until every word is a single token."
+    bad = [w for w in words if not isinstance(w, str) or not w or any(c.isspace() for c in w)]
+    if bad:
+        raise ValueError(f"words must be non-empty strings without spaces, got {bad[:5]}")
     segs = {w: list(w[:-1]) + [w[-1] + '</w>'] for w in sorted(set(words))}  # characters; '</w>' ends a word
     merges = []
     while True:
@@ -57,7 +61,9 @@ def glyph_vocab(merges:list) -> dict: # symbol -> id
 def write_tokenizer_files(folder, # where to write vocab.json, merges.txt and tokenizer_config.json
                           vocab:dict, merges:list, max_length:int=16):
     "Write the files `CLIPTokenizer.from_pretrained` reads."
-    folder = Path(folder); folder.mkdir(parents=True, exist_ok=True)
+    check_number(max_length, 'max_length (the start and end tokens and at least one word)', 3, integer=True)
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
     (folder/'vocab.json').write_text(json.dumps(vocab))
     (folder/'merges.txt').write_text('#version: 0.2\n' + ''.join(f'{a} {b}\n' for a, b in merges))
     (folder/'tokenizer_config.json').write_text(json.dumps(dict(
@@ -69,19 +75,30 @@ def load_tokenizer_files(folder):
     from transformers import CLIPTokenizer
     return CLIPTokenizer.from_pretrained(str(folder))
 
-def make_glyph_tokenizer(folder=None, # where to write the tokenizer files; None: a temporary folder
+# %% ../nbs/08b_clip.ipynb #12dbeca3
+def tokenizer_from(vocab:dict, merges:list, max_length:int=16, # what `write_tokenizer_files` writes
+                   folder=None): # where to write the files; None: a temporary folder, deleted once they are read
+    "A `CLIPTokenizer` for `vocab` and `merges`, read from files written to `folder` (or to one removed afterwards)."
+    if folder is not None:
+        return load_tokenizer_files(write_tokenizer_files(folder, vocab, merges, max_length))
+    with tempfile.TemporaryDirectory(prefix='glyph_tokenizer_') as d:   # the tokenizer keeps what it read, in memory
+        return load_tokenizer_files(write_tokenizer_files(d, vocab, merges, max_length))
+
+def make_glyph_tokenizer(folder=None, # where to write the tokenizer files; None: nowhere (a temporary folder, removed)
                          captions:list|None=None, # the captions to learn words from; None: the glyph training captions
                          max_length:int=16, # tokens the text encoder takes, start and end tokens included
                         ):
-    "A `CLIPTokenizer` whose BPE merges make every caption word one token, saved in `folder` and loaded from it."
+    "A `CLIPTokenizer` whose BPE merges make every caption word one token, written to `folder` and read from it."
     if captions is None:
         from diffcourse.data import load_glyphs
         captions = load_glyphs('train').captions
+    if isinstance(captions, str) or not all(isinstance(c, str) for c in captions):
+        raise TypeError(f"captions must be a list of strings, got {captions!r:.80}")
     words = sorted({w.lower() for c in captions for w in c.split()})
-    if not words: raise ValueError("make_glyph_tokenizer: no words in `captions`")
+    if not words:
+        raise ValueError("make_glyph_tokenizer: no words in `captions`")
     merges = bpe_merges(words)
-    folder = write_tokenizer_files(folder or tempfile.mkdtemp(prefix='glyph_tokenizer_'), glyph_vocab(merges), merges, max_length)
-    tok = load_tokenizer_files(folder)
+    tok = tokenizer_from(glyph_vocab(merges), merges, max_length, folder)
     split = [w for w in words if len(tok.tokenize(w)) != 1]
     if split: raise RuntimeError(f"make_glyph_tokenizer: words not a single token: {split[:5]}")
     return tok
@@ -98,6 +115,15 @@ def tiny_clip_config(vocab_size:int, # size of the tokenizer's vocabulary
                      image_size:int=16, patch_size:int=4, num_channels:int=1):
     "A `CLIPConfig` for a tiny CLIP on small one-channel images; token ids 0/1 are start/end (end also pads)."
     from transformers import CLIPConfig
+    vocab_size = check_number(vocab_size, 'vocab_size', 2, integer=True)
+    max_length = check_number(max_length, 'max_length', 3, integer=True)
+    heads = check_number(heads, 'heads', 1, integer=True)
+    patch_size = check_number(patch_size, 'patch_size', 1, integer=True)
+    for name, width in (('text_hidden', text_hidden), ('vision_hidden', vision_hidden)):
+        if check_number(width, name, 1, integer=True) % heads:
+            raise ValueError(f"{name} must be a multiple of heads={heads}, got {width}")
+    if check_number(image_size, 'image_size', 1, integer=True) % patch_size:
+        raise ValueError(f"image_size must be a multiple of patch_size={patch_size}, got {image_size}")
     return CLIPConfig(
         text_config=dict(vocab_size=vocab_size, hidden_size=text_hidden, intermediate_size=2 * text_hidden,
                          num_hidden_layers=text_layers, num_attention_heads=heads, max_position_embeddings=max_length,
@@ -135,6 +161,7 @@ def check_prompts(tokenizer, # the text encoder's tokenizer
             warnings.warn(f"Prompt {p!r}: {split} are not words of the glyph captions; they are spelled in pieces the model never saw in training")
     return prompts
 
+# %% ../nbs/08b_clip.ipynb #f96147cc
 def tokenize(tokenizer, prompts:list, device=None) -> torch.Tensor: # (B, L) ids, padded with the end token to `model_max_length`
     "Token ids of `prompts`, padded/truncated to the tokenizer's `model_max_length`."
     return tokenizer(prompts, padding='max_length', max_length=tokenizer.model_max_length, truncation=True,
@@ -161,6 +188,11 @@ def encode_images(model, # a transformers `CLIPModel`
                   images:torch.Tensor, # (B, C, H, W) in the range the model was trained on ([-1, 1] for the glyph CLIP)
                  ) -> torch.Tensor: # (B, P) projected image embeddings
     "Projected image embeddings in the shared image-text space."
+    vc = model.config.vision_config
+    want = (vc.num_channels, vc.image_size, vc.image_size)
+    if not torch.is_tensor(images) or images.ndim != 4 or tuple(images.shape[1:]) != want:
+        got = _shape_of(images)
+        raise ValueError(f"images must be (B, {want[0]}, {want[1]}, {want[2]}) for this CLIP, got {got}")
     return _emb(model.get_image_features(pixel_values=images))
 
 # %% ../nbs/08b_clip.ipynb #4ad1de97
@@ -173,7 +205,7 @@ def clip_loss(image_emb:torch.Tensor, # (B, P) image embeddings (any length; nor
     if image_emb.shape != text_emb.shape or image_emb.ndim != 2:
         raise ValueError(f"clip_loss wants image and text embeddings of the same shape (B, P), got {tuple(image_emb.shape)} and {tuple(text_emb.shape)}")
     u, v = F.normalize(image_emb, dim=-1), F.normalize(text_emb, dim=-1)   # (B, P) unit vectors
-    logits = logit_scale.exp() * u @ v.T                                    # (B, B) l_ij
+    logits = torch.as_tensor(logit_scale).to(u).exp() * u @ v.T             # (B, B) l_ij
     if targets is None:
         labels = torch.arange(len(logits), device=logits.device)            # the diagonal
         return (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels)) / 2
@@ -189,12 +221,21 @@ GLYPH_STYLE_WORDS = ('bold', 'italic', 'serif', 'sans', 'mono')
 
 def _article(words:list) -> str: return ('an ' if words[0][0] in 'aeiou' else 'a ') + ' '.join(words)
 
+def _caption_words(caption:str) -> list:
+    "The words of a glyph caption after its article, checked: 'a'/'an', then at least one word that is no style word."
+    words = caption.split() if isinstance(caption, str) else []
+    if len(words) < 2 or words[0] not in ('a', 'an') or all(w in GLYPH_STYLE_WORDS for w in words[1:]):
+        raise ValueError(f"caption must be a glyph caption such as 'a bold serif capital A' ('a' or 'an', then words "
+                         f"that are not all style words {GLYPH_STYLE_WORDS}), got {caption!r}")
+    return words[1:]
+
 def drop_style_words(caption:str, # a glyph caption, e.g. 'a bold serif capital A'
                      p:float=0.5, # probability of dropping each style word
                      generator:torch.Generator|None=None,
                     ) -> str: # e.g. 'a serif capital A'
     "Shorten a glyph caption by dropping each style word with probability `p` (fixing 'a'/'an')."
-    words = caption.split()[1:]
+    p = check_number(p, 'p', 0, 1)
+    words = _caption_words(caption)
     keep = [w for w in words if w not in GLYPH_STYLE_WORDS or torch.rand((), generator=generator).item() >= p]
     return _article(keep)
 
@@ -202,8 +243,10 @@ def caption_targets(texts:list, # B captions, possibly shortened
                     captions:list, # the B images' full captions
                    ) -> torch.Tensor: # (B, B): 1 where text j describes image i
     "Which texts describe which images: every word of the text (after the article) is in the image's caption."
-    img_words = [set(c.split()[1:]) for c in captions]
-    return torch.tensor([[float(set(t.split()[1:]) <= w) for t in texts] for w in img_words])
+    if len(texts) != len(captions):
+        raise ValueError(f"texts has {len(texts)} entries but captions has {len(captions)}: one text per image")
+    img_words = [set(_caption_words(c)) for c in captions]
+    return torch.tensor([[float(set(_caption_words(t)) <= w) for t in texts] for w in img_words])
 
 def char_prompt(ch:str) -> str:
     "The shortest prompt for one character: 'a capital A', 'a lowercase g', 'a digit 7'."
@@ -219,6 +262,10 @@ def augment_glyphs(images:torch.Tensor, # (B, C, H, W) glyphs in [-1, 1], backgr
                    max_noise:float=0.5, # its standard deviation is uniform in [0, max_noise]
                   ) -> torch.Tensor: # (B, C, H, W)
     "Random shifts, blur and noise: the variations CLIP must tolerate in a diffusion model's x0_hat."
+    if not torch.is_tensor(images) or images.ndim != 4:
+        raise ValueError(f"images must be a (B, C, H, W) tensor, got {_shape_of(images)}")
+    shift, max_noise = check_number(shift, 'shift', 0, integer=True), check_number(max_noise, 'max_noise', 0)
+    p_blur, p_noise = check_number(p_blur, 'p_blur', 0, 1), check_number(p_noise, 'p_noise', 0, 1)
     B, C, H, W = images.shape
     rand = lambda *shape: torch.rand(shape, generator=generator).to(images.device)
     d = torch.randint(0, 2 * shift + 1, (B, 2), generator=generator).tolist()
@@ -238,6 +285,7 @@ def clip_loss_fn(tokenizer, # the text encoder's tokenizer
                  augment:bool=True, # shift, blur and noise the images (`augment_glyphs`)
                 ):
     "A `loss_fn(model, batch)` for `train`: the CLIP loss on a batch (images, labels, captions) of glyphs."
+    p_drop = check_number(p_drop, 'p_drop', 0, 1)
     def loss_fn(model, batch):
         images, _, captions = batch                                            # (B, 1, H, W), (B,), B strings
         if augment: images = augment_glyphs(images, generator)
@@ -250,39 +298,124 @@ def clip_loss_fn(tokenizer, # the text encoder's tokenizer
 # %% ../nbs/08b_clip.ipynb #edab0669
 GLYPH_CLIP = 'glyph_clip.safetensors'
 
+def _merges_of(tokenizer) -> list:
+    "The BPE merges of a tokenizer in rank order, from memory: its table (Python tokenizers) or its serialised form."
+    if hasattr(tokenizer, 'bpe_ranks'):                                  # transformers 4's Python CLIPTokenizer
+        return [tuple(p) for p, _ in sorted(tokenizer.bpe_ranks.items(), key=lambda kv: kv[1])]
+    m = json.loads(tokenizer.backend_tokenizer.to_str())['model']['merges']
+    return [tuple(x.split()) if isinstance(x, str) else tuple(x) for x in m]
+
 def save_glyph_clip(model, # a transformers `CLIPModel`
                     tokenizer, # its `CLIPTokenizer`
                     path, # the .safetensors file to write
                     **info): # anything worth keeping: the command, steps, measured accuracy...
     "Write a CLIP model, its config and its tokenizer into one safetensors file."
-    vocab = tokenizer.get_vocab()
-    merges = [tuple(l.split()) for l in (Path(tokenizer.name_or_path)/'merges.txt').read_text().splitlines()[1:] if l.strip()] \
-        if (Path(tokenizer.name_or_path)/'merges.txt').is_file() else _merges_of(tokenizer)
-    meta = dict(format='diffcourse.clip/1', config=model.config.to_json_string(), vocab=json.dumps(vocab),
-                merges=json.dumps(merges), model_max_length=str(tokenizer.model_max_length))
+    meta = dict(format='diffcourse.clip/1', config=model.config.to_json_string(),
+                vocab=json.dumps(tokenizer.get_vocab()), merges=json.dumps(_merges_of(tokenizer)),
+                model_max_length=str(tokenizer.model_max_length))
+    if set(info) & set(meta):
+        raise ValueError(f"info may not set {sorted(set(info) & set(meta))}: save_glyph_clip writes those itself")
     meta.update(info)                                                           # non-strings are stored as JSON
     return save_safetensors({k: v.clone() for k, v in model.state_dict().items()}, path, metadata=meta)
 
-def _merges_of(tokenizer) -> list:
-    "The BPE merges of a tokenizers-backed tokenizer, read from its serialised form."
-    m = json.loads(tokenizer.backend_tokenizer.to_str())['model']['merges']
-    return [tuple(x.split()) if isinstance(x, str) else tuple(x) for x in m]
-
 def load_glyph_clip(path=None, # a file written by `save_glyph_clip`; None: the one shipped with the course
                     device='cpu'):
-    "The CLIP trained on glyphs: (transformers `CLIPModel` in eval mode, `CLIPTokenizer`)."
-    from transformers import CLIPConfig, CLIPModel
+    "The CLIP trained on glyphs: (transformers `CLIPModel` in eval mode, `CLIPTokenizer`); the file is checked first."
+    from transformers import CLIPConfig, CLIPModel, CLIPTextConfig, CLIPVisionConfig
     path = Path(path) if path is not None else weights_path(GLYPH_CLIP)
     tensors, meta = load_safetensors(path)
-    if meta.get('format') != 'diffcourse.clip/1':
-        raise ValueError(f"{str(path)!r} is not a CLIP saved by save_glyph_clip (metadata format {meta.get('format')!r})")
-    model = CLIPModel(CLIPConfig.from_dict(json.loads(meta['config'])))
+    _check_format(meta, 'diffcourse.clip/1', path, 'a CLIP saved by save_glyph_clip')
+    config = _meta_json(meta, 'config', path)
+    sub = {'text_config': (_config_keys(CLIPTextConfig), 'CLIPTextConfig'),
+           'vision_config': (_config_keys(CLIPVisionConfig), 'CLIPVisionConfig')}
+    _check_config(config, _config_keys(CLIPConfig), path, 'CLIPConfig', len(tensors), sub)
+    model = _build_checked(lambda: CLIPModel(CLIPConfig.from_dict(config)), tensors, path, 'CLIPModel')
+    tc = model.config.text_config
+    tokenizer = _tokenizer_from_meta(meta, path, tc.vocab_size, tc.max_position_embeddings)
+    return model.to(device).eval(), tokenizer
+
+# %% ../nbs/08b_clip.ipynb #af8e5bc2
+def _check_format(meta:dict, fmt:str, path, what:str):
+    "Refuse a file whose metadata format tag is not `fmt`."
+    if meta.get('format') != fmt:
+        raise ValueError(f"{str(path)!r} is not {what} (metadata format {meta.get('format')!r}, wanted {fmt!r})")
+
+def _meta_json(meta:dict, key:str, path, kind=dict):
+    "The JSON value stored under `key` in a file's metadata, checked to be a `kind`."
+    try:
+        value = json.loads(meta[key])
+    except (KeyError, TypeError, ValueError) as e:
+        why = f'{type(e).__name__}: {e}'
+        raise ValueError(f"{str(path)!r}: no valid JSON under {key!r} in its metadata ({why})") from None
+    if not isinstance(value, kind) or isinstance(value, bool):
+        raise ValueError(f"{str(path)!r}: the metadata's {key!r} must be a JSON {kind.__name__}, got {value!r:.80}")
+    return value
+
+def _config_keys(config_class) -> dict:
+    "What a transformers config class writes, and so may read back: its defaults' keys (the dtype under either name)."
+    return {**config_class().to_dict(), 'dtype': None, 'torch_dtype': None}
+
+def _init_keys(model_class) -> dict:
+    "The configuration a diffusers model class takes: the parameters of its __init__."
+    return {k: None for k in inspect.signature(model_class.__init__).parameters if k not in ('self', 'args', 'kwargs')}
+
+# %% ../nbs/08b_clip.ipynb #03951581
+def _check_config(config:dict, known:dict, path, what:str, n_tensors:int, nested:dict|None=None):
+    "Refuse unknown keys, another model_type, more layers than tensors; `nested`: key -> (known, what) of a sub-config."
+    unknown = sorted(set(config) - set(known))
+    if unknown:
+        raise ValueError(f"{str(path)!r}: unknown keys {unknown} in its {what} config; {what} knows {sorted(known)}")
+    if config.get('model_type', known.get('model_type')) != known.get('model_type'):
+        raise ValueError(f"{str(path)!r}: its {what} config has model_type {config['model_type']!r}, "
+                         f"not {known.get('model_type')!r}")
+    flat = lambda v: [c for x in v for c in flat(x)] if isinstance(v, list) else [v]
+    for k, v in config.items():                               # every layer holds a tensor: no more layers than tensors
+        if 'layers' in k and not all(c is None or (type(c) is int and 0 <= c <= n_tensors) for c in flat(v)):
+            raise ValueError(f"{str(path)!r}: {k} = {v!r:.40} in its {what} config; the file holds {n_tensors} tensors")
+    for key, (sub_known, sub_what) in (nested or {}).items():
+        if not isinstance(config.get(key, {}), dict):
+            raise ValueError(f"{str(path)!r}: {key} in its {what} config is no JSON object, got {config[key]!r:.40}")
+        _check_config(config.get(key, {}), sub_known, path, sub_what, n_tensors)
+
+def _build_checked(make, # make() -> the model, from a checked config
+                   tensors:dict, # name -> tensor, read from the file
+                   path, what:str):
+    "Build the model on the meta device (no memory), check the file's tensors against it, then build it and load them."
+    try:
+        with torch.device('meta'):
+            want = make().state_dict()
+    except Exception as e:
+        raise ValueError(f"{str(path)!r}: its config does not build a {what} ({type(e).__name__}: {e})") from None
+    missing, unexpected = sorted(set(want) - set(tensors)), sorted(set(tensors) - set(want))
+    wrong = [f'{k} {tuple(tensors[k].shape)} (wants {tuple(want[k].shape)})' for k in sorted(set(want) & set(tensors))
+             if tensors[k].shape != want[k].shape or tensors[k].is_floating_point() != want[k].is_floating_point()]
+    if missing or unexpected or wrong:
+        raise ValueError(f"{str(path)!r} does not hold the {what} its config describes: {len(missing)} tensors "
+                         f"missing {missing[:3]}, {len(unexpected)} unexpected {unexpected[:3]}, {len(wrong)} of the "
+                         f"wrong shape or kind {wrong[:3]}")
+    model = make()
     model.load_state_dict(tensors)
-    folder = write_tokenizer_files(tempfile.mkdtemp(prefix='glyph_tokenizer_'), json.loads(meta['vocab']),
-                                   [tuple(m) for m in json.loads(meta['merges'])], int(meta['model_max_length']))
-    return model.to(device).eval(), load_tokenizer_files(folder)
+    return model
 
+# %% ../nbs/08b_clip.ipynb #4a1e4c83
+def _tokenizer_from_meta(meta:dict, path, vocab_size:int, max_positions:int):
+    "The glyph tokenizer kept in a file's metadata (vocab, merges, model_max_length), checked against its text encoder."
+    vocab, merges = _meta_json(meta, 'vocab', path, dict), _meta_json(meta, 'merges', path, list)
+    ids = sorted(i for i in vocab.values() if isinstance(i, int) and not isinstance(i, bool))
+    if ids != list(range(len(vocab))) or len(vocab) > vocab_size or not all(vocab):
+        raise ValueError(f"{str(path)!r}: its vocab must give {len(vocab)} non-empty tokens the ids "
+                         f"0..{len(vocab) - 1}, at most the text encoder's {vocab_size}")
+    word = lambda s: isinstance(s, str) and s and not any(c.isspace() for c in s)
+    bad = [m for m in merges if not (isinstance(m, list) and len(m) == 2 and all(map(word, m)))]
+    if bad:
+        raise ValueError(f"{str(path)!r}: its merges must be pairs of strings without spaces, got {bad[:3]}")
+    max_length = _meta_json(meta, 'model_max_length', path, int)
+    if not 3 <= max_length <= max_positions:
+        raise ValueError(f"{str(path)!r}: model_max_length {max_length} must lie in [3, {max_positions}], "
+                         f"the positions of its text encoder")
+    return tokenizer_from(vocab, [tuple(m) for m in merges], max_length)
 
+# %% ../nbs/08b_clip.ipynb #96fb408b
 def save_clip(model, tokenizer, folder):
     "Save a CLIP model and tokenizer as a Hugging Face folder (config.json, model.safetensors, tokenizer files)."
     model.save_pretrained(str(folder)); tokenizer.save_pretrained(str(folder))
@@ -305,7 +438,9 @@ def clip_similarity(model, tokenizer, # a `CLIPModel` and its tokenizer
                    ) -> torch.Tensor: # (N, M) cosine similarities
     "Cosine similarity of every image with every prompt in CLIP's shared space."
     dev = next(model.parameters()).device
-    u = torch.cat([F.normalize(encode_images(model, images[i:i + batch_size].to(dev)), dim=-1) for i in range(0, len(images), batch_size)])
+    batch_size = check_number(batch_size, 'batch_size', 1, integer=True)
+    u = torch.cat([F.normalize(encode_images(model, images[i:i + batch_size].to(dev)), dim=-1)
+                   for i in range(0, len(images), batch_size)])
     v = F.normalize(encode_text(model, tokenizer, prompts).pooled, dim=-1)
     return u @ v.T
 
@@ -314,6 +449,9 @@ def retrieval_accuracy(sim:torch.Tensor, # (N, M) similarity of N images with M 
                        texts:list, # M: the candidate texts
                       ) -> dict: # {'image->text': ..., 'text->image': ...}
     "Top-1 retrieval accuracy both ways: an image retrieves its own caption; a text retrieves an image it captions."
+    if sim.shape != (len(image_captions), len(texts)):
+        raise ValueError(f"sim must be (N, M) = ({len(image_captions)}, {len(texts)}) for {len(image_captions)} images "
+                         f"and {len(texts)} texts, got {tuple(sim.shape)}")
     i2t = sum(texts[j] == c for j, c in zip(sim.argmax(1).tolist(), image_captions)) / len(image_captions)
     t2i = sum(image_captions[i] == t for i, t in zip(sim.argmax(0).tolist(), texts)) / len(texts)
     return {'image->text': i2t, 'text->image': t2i}
@@ -322,21 +460,70 @@ def retrieval_accuracy(sim:torch.Tensor, # (N, M) similarity of N images with M 
 def load_clip(name_or_path, # a Hugging Face model id ('openai/clip-vit-base-patch32') or a local folder
               local_files_only:bool=False, # never touch the network (the folder or the Hugging Face cache only)
               device='cpu'):
-    "A pretrained CLIP: (transformers `CLIPModel` in eval mode, its tokenizer), from the Hub or a local folder."
+    "A pretrained CLIP: (transformers `CLIPModel` in eval mode, its tokenizer), from a folder, the cache or the Hub."
     from transformers import AutoTokenizer, CLIPModel
+    def load(src, local):
+        model = CLIPModel.from_pretrained(src, local_files_only=local)
+        return model, AutoTokenizer.from_pretrained(src, local_files_only=local)
+    holding = 'config.json, the weights (model.safetensors) and the tokenizer files, e.g. one written by save_clip'
+    model, tok = _local_or_hub(load, name_or_path, local_files_only, 'load_clip', holding)
+    return model.to(device).eval(), tok
+
+# %% ../nbs/08b_clip.ipynb #f0a13c62
+def _hub_unreachable(repo_id:str) -> str|None:
+    "None if the Hub answers about `repo_id` within `net_timeout()` seconds (one request, no retries), else why not."
+    import urllib.error, urllib.parse, urllib.request
+    from huggingface_hub import constants
+    url = f"{constants.ENDPOINT.rstrip('/')}/api/models/{urllib.parse.quote(repo_id)}"
+    request = urllib.request.Request(url, headers={'User-Agent': 'diffcourse'})
+    try:
+        with urllib.request.urlopen(request, timeout=net_timeout()):
+            return None
+    except urllib.error.HTTPError:                            # the Hub answered (no such model, gated...):
+        return None                                           # from_pretrained will say which
+    except (OSError, ValueError) as e:                        # no network, a refused connection, no answer in time
+        return f"the Hub at {constants.ENDPOINT} did not answer within {net_timeout():g} s ({type(e).__name__}: {e})"
+
+# %% ../nbs/08b_clip.ipynb #cd360724
+@contextlib.contextmanager
+def _hub_switched_off():
+    "huggingface_hub's offline switch on for a while (with local_files_only=True it would still ask the Hub something)."
+    from huggingface_hub import constants
+    saved, constants.HF_HUB_OFFLINE = constants.HF_HUB_OFFLINE, True
+    try:
+        yield
+    finally:
+        constants.HF_HUB_OFFLINE = saved
+
+def _local_or_hub(load, # load(src, local_files_only) -> what to return
+                  name_or_path, local_files_only:bool, fn:str, # the caller's arguments and name
+                  holding:str): # what its folder holds, for the error messages
+    "From a folder or the Hugging Face cache with no network; else, unless offline, after one short probe of the Hub."
     p = Path(str(name_or_path)).expanduser()
     if p.exists() and not p.is_dir():
-        raise ValueError(f"load_clip wants a model id or a folder (config.json, weights, tokenizer files), got the file {str(p)!r}")
+        raise ValueError(f"{fn} wants a model id or a folder ({holding}), got the file {str(p)!r}")
     src = str(p) if p.is_dir() else str(name_or_path)
+    def error(why):
+        why = str(why).strip().splitlines()[0].rstrip('.') if str(why).strip() else 'failed'
+        if p.is_dir():
+            return OSError(f"Could not load the folder {src!r} with {fn}: {why}. It should hold {holding}.")
+        return OSError(f"Could not load {src!r} with {fn}: {why}. Without network, point {fn} at a local folder "
+                       f"holding {holding}, downloaded where there is network with `hf download {name_or_path} "
+                       f"--local-dir DIR`. With HF_HUB_OFFLINE=1 set the course never tries the network (models in the "
+                       f"Hugging Face cache still load).")
     try:
-        model = CLIPModel.from_pretrained(src, local_files_only=local_files_only)
-        tok = AutoTokenizer.from_pretrained(src, local_files_only=local_files_only)
+        with _hub_switched_off():                             # a folder, or an id already in the Hugging Face cache
+            return load(src, True)
     except (OSError, ValueError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise OSError(f"Could not load a CLIP from {src!r}: {first}. Without network, point load_clip at a local folder "
-                      f"holding config.json, the weights (model.safetensors) and the tokenizer files, e.g. one written by "
-                      f"save_clip, or downloaded where there is network with `hf download {name_or_path} --local-dir DIR`.") from e
-    return model.to(device).eval(), tok
+        if p.is_dir() or local_files_only or is_offline():
+            raise error(e) from e
+    why = _hub_unreachable(src)
+    if why is not None:
+        raise error(why)
+    try:
+        return load(src, False)
+    except (OSError, ValueError) as e:
+        raise error(e) from e
 
 # %% ../nbs/08b_clip.ipynb #e816d514
 def cutouts(x:torch.Tensor, # (B, C, H, W) images
@@ -345,8 +532,10 @@ def cutouts(x:torch.Tensor, # (B, C, H, W) images
             generator:torch.Generator|None=None,
            ) -> torch.Tensor: # (n * B, C, H, W): crop k of every image, for k = 0..n-1
     "`n` random square crops of each image (side between `min_size` and 1 of the image), resized back to H x W."
-    if n < 1: raise ValueError(f"cutouts: n must be >= 1, got {n}")
-    if not 0 < min_size <= 1: raise ValueError(f"cutouts: min_size must lie in (0, 1], got {min_size}")
+    n = check_number(n, 'cutouts: n', 1, integer=True)
+    min_size = check_number(min_size, 'cutouts: min_size', 0, 1, lo_open=True)
+    if not torch.is_tensor(x) or x.ndim != 4:
+        raise ValueError(f"cutouts: x must be a (B, C, H, W) tensor, got {_shape_of(x)}")
     B, C, H, W = x.shape
     side = min(H, W)
     out = []
@@ -365,6 +554,8 @@ def clip_log_prob(clip, # a transformers `CLIPModel` (frozen)
                   min_size:float=0.75, # smallest crop side, as a fraction of the image side
                   generator:torch.Generator|None=None): # randomness of the crops
     "log_prob(x, sigma, x0_hat) -> (B,): CLIP's logit for x0_hat and the prompt(s), for `GradientGuidance`."
+    n_cutouts = check_number(n_cutouts, 'n_cutouts', 0, integer=True)
+    min_size = check_number(min_size, 'min_size', 0, 1, lo_open=True)
     with torch.no_grad(): v = F.normalize(encode_text(clip, tokenizer, prompts).pooled, dim=-1)   # (P, D)
     def log_prob(x, sigma, x0_hat):
         B = len(x0_hat)

@@ -4,7 +4,7 @@
 
 # %% ../nbs/00_core.ipynb #8eba332a
 from __future__ import annotations
-import json, math, os, random, tempfile
+import json, math, numbers, os, random, re, secrets
 from pathlib import Path
 
 import numpy as np
@@ -12,14 +12,40 @@ import torch
 import matplotlib.pyplot as plt
 
 # %% auto #0
-__all__ = ['WEIGHTS_DIR', 'seed_everything', 'get_device', 'in_test', 'in_colab', 'by_device', 'append_dims', 'to_image',
-           'image_grid', 'show_images', 'show_points', 'save_safetensors', 'load_safetensors', 'weights_path']
+__all__ = ['WEIGHTS_DIR', 'ARCHITECTURES', 'check_number', 'seed_everything', 'get_device', 'in_test', 'in_colab', 'by_device',
+           'append_dims', 'to_image', 'image_grid', 'show_images', 'show_points', 'remove_stale_temps',
+           'check_writable', 'save_safetensors', 'load_safetensors', 'weights_path', 'register_architecture']
+
+# %% ../nbs/00_core.ipynb #951f896c
+def check_number(value, # what the caller passed
+                 name:str, # the argument's name, for the message
+                 lo=None, # the smallest valid value (None: no lower bound)
+                 hi=None, # the largest valid value (None: no upper bound)
+                 *,
+                 integer:bool=False, # only integers are valid (True and False are not)
+                 lo_open:bool=False, # `lo` itself is not valid: value > lo
+                 hi_open:bool=False): # `hi` itself is not valid: value < hi
+    "`value` if it is a finite number in range, else a TypeError or ValueError naming `name`, the value and the range."
+    kind = 'an integer' if integer else 'a finite number'
+    bounds = [f"{'>' if lo_open else '>='} {lo}"] * (lo is not None)
+    bounds += [f"{'<' if hi_open else '<='} {hi}"] * (hi is not None)
+    valid = ' '.join([kind, ' and '.join(bounds)]).strip()
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral if integer else numbers.Real):
+        raise TypeError(f"{name} must be {valid}, got {value!r} of type {type(value).__name__}")
+    below = lo is not None and (value <= lo if lo_open else value < lo)
+    above = hi is not None and (value >= hi if hi_open else value > hi)
+    if not math.isfinite(value) or below or above:
+        raise ValueError(f"{name} must be {valid}, got {value!r}")
+    return value
 
 # %% ../nbs/00_core.ipynb #17438666
-def seed_everything(seed:int=42, # the seed for Python's, numpy's and torch's global generators
+def seed_everything(seed:int=42, # the seed for Python's, numpy's and torch's global generators, in [0, 2**32 - 1]
                    ) -> torch.Generator: # a fresh CPU `torch.Generator` seeded with `seed`, to pass to library code
     "Seed `random`, `numpy` and `torch`, and return a seeded generator for explicit use."
-    random.seed(seed); np.random.seed(seed); torch.manual_seed(seed)
+    check_number(seed, 'seed', 0, 2**32 - 1, integer=True)      # the range numpy accepts
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
     return torch.Generator().manual_seed(seed)
 
 # %% ../nbs/00_core.ipynb #a7ab13e7
@@ -72,9 +98,14 @@ def image_grid(imgs:torch.Tensor, # (B, C, H, W) images
                pad:int=1, # pixels of padding between images
                pad_value:float=1.): # value of the padding
     "Tile a batch of images into one (C, H', W') image."
-    if imgs.ndim != 4: raise ValueError(f"image_grid wants (B, C, H, W) images, got shape {tuple(imgs.shape)}")
+    if not torch.is_tensor(imgs) or imgs.ndim != 4 or len(imgs) == 0:
+        shape = tuple(imgs.shape) if torch.is_tensor(imgs) else type(imgs).__name__
+        raise ValueError(f"image_grid wants (B, C, H, W) images with B >= 1, got shape {shape}")
+    check_number(nrow, 'nrow', 1, integer=True)
+    check_number(pad, 'pad', 0, integer=True)
     B, C, H, W = imgs.shape
-    ncol = min(nrow, B); nr = math.ceil(B / ncol)
+    ncol = min(nrow, B)
+    nr = math.ceil(B / ncol)
     grid = imgs.new_full((C, nr*(H+pad)+pad, ncol*(W+pad)+pad), pad_value)
     for i, im in enumerate(imgs):
         r, c = divmod(i, ncol)
@@ -89,11 +120,17 @@ def show_images(imgs:torch.Tensor, # (B, C, H, W) images in [-1, 1]
                 figsize=None, # figure size; sensible default from the grid shape
                 title:str|None=None): # title over the whole grid
     "Show a batch of images in [-1, 1] as a grid (or one axes per image when `titles` are given)."
+    if not torch.is_tensor(imgs) or imgs.ndim != 4 or imgs.shape[1] not in (1, 3):
+        shape = tuple(imgs.shape) if torch.is_tensor(imgs) else type(imgs).__name__
+        raise ValueError(f"show_images wants (B, C, H, W) images with C = 1 or 3, got shape {shape}")
+    if titles is not None and len(titles) != len(imgs):
+        raise ValueError(f"show_images got {len(titles)} titles for {len(imgs)} images: give one per image")
     imgs = to_image(imgs)
     cmap = 'gray' if imgs.shape[1] == 1 else None
     def _hwc(im): return im[0] if im.shape[0] == 1 else im.permute(1, 2, 0)
     if titles is not None:
-        n = len(imgs); ncol = min(nrow, n); nr = math.ceil(n / ncol)
+        ncol = min(nrow, len(imgs))
+        nr = math.ceil(len(imgs) / ncol)
         fig, axs = plt.subplots(nr, ncol, figsize=figsize or (1.3*ncol, 1.5*nr), squeeze=False)
         for a in axs.flat: a.axis('off')
         for a, im, t in zip(axs.flat, imgs, titles):
@@ -102,8 +139,8 @@ def show_images(imgs:torch.Tensor, # (B, C, H, W) images in [-1, 1]
         return axs
     grid = image_grid(imgs, nrow=nrow)
     if ax is None:
-        ratio = grid.shape[1] / grid.shape[2]
-        _, ax = plt.subplots(figsize=figsize or (min(8, 1.0*min(nrow, len(imgs))), min(8, 1.0*min(nrow, len(imgs))*ratio)))
+        n = 1.0 * min(nrow, len(imgs))                                 # images across
+        _, ax = plt.subplots(figsize=figsize or (min(8, n), min(8, n * grid.shape[1] / grid.shape[2])))
     ax.imshow(_hwc(grid), cmap=cmap, vmin=0, vmax=1); ax.axis('off')
     if title: ax.set_title(title)
     return ax
@@ -125,33 +162,88 @@ def show_points(x:torch.Tensor, # (N, 2) points
     if title: ax.set_title(title)
     return ax
 
+# %% ../nbs/00_core.ipynb #dd1ba9db
+def _temp_pattern(path:Path) -> re.Pattern:
+    "The names of `save_safetensors`' temporary files for `path`: .NAME.xxxxxxxx.tmp, with 8 hex digits."
+    return re.compile(rf'\.{re.escape(path.name)}\.[0-9a-f]{{8}}\.tmp')
+
+def _new_temp(folder:Path, name:str) -> tuple:
+    "Create a new, empty temporary file for `name` in `folder` (mode 0666 less the umask): (file descriptor, path)."
+    while True:
+        tmp = folder/f'.{name}.{secrets.token_hex(4)}.tmp'
+        try:
+            return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, 'O_BINARY', 0), 0o666), tmp
+        except FileExistsError:
+            continue
+
+def remove_stale_temps(path, # a file that `save_safetensors` writes
+                      ) -> list: # the temporary files removed
+    "Remove the temporary files that killed saves to `path` left next to it: those of `path`, no others."
+    path = Path(path)
+    if not path.parent.is_dir():
+        return []
+    pattern = _temp_pattern(path)
+    stale = [path.parent/n for n in sorted(os.listdir(path.parent)) if pattern.fullmatch(n)]
+    for p in stale:
+        p.unlink(missing_ok=True)
+    return stale
+
+# %% ../nbs/00_core.ipynb #63433b5d
+def check_writable(path, # a file that will be written later, e.g. a checkpoint
+                   what:str='path'): # the argument's name, for the message
+    "Fail now, not after the work that comes before the write, if `path` cannot be written."
+    path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"{what} {str(path)!r} is a folder; it must name a file")
+    folder = next(p for p in (path.parent, *path.parent.parents) if p.exists())   # the deepest folder that exists
+    if not folder.is_dir():
+        raise ValueError(f"{what} {str(path)!r} cannot be written: {str(folder)!r} is a file, not a folder")
+    try:
+        fd, probe = _new_temp(folder, path.name)
+    except OSError as e:
+        raise ValueError(f"{what} {str(path)!r} cannot be written: no file can be created in {str(folder)!r} "
+                         f"({e.strerror})") from e
+    os.close(fd)
+    probe.unlink()
+
 # %% ../nbs/00_core.ipynb #c1c36238
 def save_safetensors(tensors:dict, # name -> tensor
                      path, # destination file
-                     metadata:dict|None=None): # metadata stored in the header; values that are not strings are stored as JSON
-    "Write `tensors` to `path` as safetensors, atomically (temp file + rename)."
+                     metadata:dict|None=None): # stored in the header; values that are not strings are stored as JSON
+    "Write `tensors` to `path` as safetensors, atomically (temp file + rename); removes what killed saves left behind."
     from safetensors.torch import save
-    path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
-    if metadata is not None: metadata = {k: v if isinstance(v, str) else json.dumps(v) for k, v in metadata.items()}
+    if not isinstance(tensors, dict):
+        raise TypeError(f"save_safetensors wants a dict from names (str) to tensors, got {type(tensors).__name__}")
+    bad = [k for k, v in tensors.items() if not isinstance(k, str) or not torch.is_tensor(v)]
+    if bad:
+        raise TypeError(f"save_safetensors wants a dict from names (str) to tensors; these entries are not: {bad[:5]}")
+    path = Path(path)
+    check_writable(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temps(path)
+    if metadata is not None:
+        metadata = {k: v if isinstance(v, str) else json.dumps(v) for k, v in metadata.items()}
     data = save({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, metadata=metadata)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f'.{path.name}.', suffix='.tmp')
+    fd, tmp = _new_temp(path.parent, path.name)
     try:
         with os.fdopen(fd, 'wb') as f:
-            f.write(data); f.flush(); os.fsync(f.fileno())
-        umask = os.umask(0); os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)                  # mkstemp makes 0600 files; give the usual permissions
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
-        if os.path.exists(tmp): os.unlink(tmp)
+        tmp.unlink(missing_ok=True)
         raise
     return path
 
+# %% ../nbs/00_core.ipynb #b31640e0
 def load_safetensors(path, # a .safetensors file
                      device='cpu'): # where to put the tensors
     "Load a safetensors file as (tensors, metadata), with a clear error for a missing or corrupt file."
     from safetensors import safe_open
     path = Path(path)
-    if not path.is_file(): raise FileNotFoundError(f"No weights file at {str(path)!r}")
+    if not path.is_file():
+        raise FileNotFoundError(f"No weights file at {str(path)!r}")
     try:
         with safe_open(str(path), framework='pt', device=str(device)) as f:
             return {k: f.get_tensor(k) for k in f.keys()}, (f.metadata() or {})
@@ -164,8 +256,21 @@ WEIGHTS_DIR = Path(__file__).parent/'weights' if '__file__' in globals() else Pa
 def weights_path(name:str, # file name in diffcourse/weights, e.g. 'digits_unet.safetensors'
                  must_exist:bool=True):
     "Path of a weights file shipped with the package."
+    if not isinstance(name, str) or not name or Path(name).name != name:
+        raise ValueError(f"weights_path wants the name of a file in {WEIGHTS_DIR}, without folders, got {name!r}")
     p = WEIGHTS_DIR/name
     if must_exist and not p.is_file():
         have = sorted(f.name for f in WEIGHTS_DIR.glob('*.safetensors')) if WEIGHTS_DIR.exists() else []
         raise FileNotFoundError(f"No shipped weights named {name!r} in {WEIGHTS_DIR}; available: {have}")
     return p
+
+# %% ../nbs/00_core.ipynb #65b5441e
+ARCHITECTURES = {}  # 'module.Class', as a weights file names it -> the nn.Module class that loading may build
+
+def register_architecture(cls:type, # an `nn.Module` subclass whose constructor takes its `config` dict as keywords
+                         ) -> type: # `cls` itself, so that this works as a class decorator
+    "Let `load_pretrained` build `cls` when a weights file names it: these are the only classes a file can ask for."
+    if not (isinstance(cls, type) and issubclass(cls, torch.nn.Module)):
+        raise TypeError(f"register_architecture wants an nn.Module subclass, got {cls!r}")
+    ARCHITECTURES[f'{cls.__module__}.{cls.__qualname__}'] = cls
+    return cls

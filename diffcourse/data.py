@@ -4,7 +4,7 @@
 
 # %% ../nbs/01_data.ipynb #425063c4
 from __future__ import annotations
-import gzip, hashlib, io, json, math, os, struct, tempfile, time, warnings
+import gzip, hashlib, inspect, io, json, math, os, struct, tempfile, time, warnings
 from pathlib import Path
 from typing import NamedTuple
 
@@ -13,11 +13,13 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
+from .core import check_number
+
 # %% auto #0
 __all__ = ['TOYS', 'GLYPH_CHARS', 'GLYPH_FONTS', 'GLYPHS_VERSION', 'TRAIN_FRACTION', 'IDX_DTYPES', 'MNIST_FILES', 'MNIST_URLS',
            'DATASETS', 'swiss_roll', 'two_moons', 'GaussianMixture', 'gaussian_mixture', 'toy_2d', 'load_digits',
            'font_dir', 'render_glyph', 'glyph_caption', 'cache_dir', 'Glyphs', 'load_glyphs', 'read_idx', 'write_idx',
-           'download_mnist', 'load_mnist', 'get_dataloader']
+           'net_timeout', 'is_offline', 'download_mnist', 'load_mnist', 'get_dataloader']
 
 # %% ../nbs/01_data.ipynb #db63f33d
 def swiss_roll(n:int, # number of points
@@ -25,6 +27,7 @@ def swiss_roll(n:int, # number of points
                noise:float=0.05, # std of the Gaussian blur, in the output's units
               ) -> torch.Tensor: # (n, 2) float32 points, roughly unit std
     "Sample the 2-D Swiss roll, scaled to roughly unit standard deviation."
+    n, noise = check_number(n, 'n', 1, integer=True), check_number(noise, 'noise', 0)
     u = torch.rand(n, generator=generator)
     e = torch.randn(n, 2, generator=generator)
     t = 1.5 * math.pi * (1 + 2 * u)                                   # eq. (1)
@@ -37,6 +40,7 @@ def two_moons(n:int, # number of points
               noise:float=0.05, # std of the Gaussian blur, in the output's units
              ) -> torch.Tensor: # (n, 2) float32 points, roughly unit std
     "Sample two interlocking half circles, centred and scaled to roughly unit size."
+    n, noise = check_number(n, 'n', 1, integer=True), check_number(noise, 'noise', 0)
     theta = math.pi * torch.rand(n, generator=generator)
     upper = torch.rand(n, generator=generator) < 0.5
     e = torch.randn(n, 2, generator=generator)
@@ -52,7 +56,8 @@ class GaussianMixture:
                  covs, # (K, D, D) symmetric positive-definite covariances
                  weights=None): # (K,) positive mixing weights (normalised here); None for equal weights
         self.means = torch.as_tensor(means, dtype=torch.float64)
-        if self.means.ndim != 2: raise ValueError(f"means must have shape (K, D), got {tuple(self.means.shape)}")
+        if self.means.ndim != 2 or not self.means.isfinite().all():
+            raise ValueError(f"means must be finite, of shape (K, D); got {tuple(self.means.shape)}: {self.means}")
         self.K, self.D = self.means.shape
         self.covs = torch.as_tensor(covs, dtype=torch.float64)
         if self.covs.shape != (self.K, self.D, self.D):
@@ -61,6 +66,8 @@ class GaussianMixture:
         if w.shape != (self.K,) or not (w > 0).all():
             raise ValueError(f"weights must be {self.K} positive numbers, got {w.tolist()}")
         self.weights = w / w.sum()
+        # float64 products such as R S R^T are symmetric to ~1e-16 relative; allclose's defaults (rtol 1e-5, atol 1e-8)
+        # catch real asymmetry only
         if not torch.allclose(self.covs, self.covs.transpose(1, 2)): raise ValueError("covs must be symmetric")
         L, info = torch.linalg.cholesky_ex(self.covs)
         if (info != 0).any(): raise ValueError(f"covs must be positive definite; components {torch.nonzero(info).flatten().tolist()} are not")
@@ -72,12 +79,15 @@ class GaussianMixture:
                generator:torch.Generator|None=None, # source of randomness
               ) -> torch.Tensor: # (n, D) float32
         "Draw `n` exact samples: pick a component, then x = mu_k + L_k eps."
+        check_number(n, 'n', 1, integer=True)
         k = torch.multinomial(self.weights, n, replacement=True, generator=generator)             # (n,)
         eps = torch.randn(n, self.D, generator=generator, dtype=torch.float64)                    # (n, D)
         return (self.means[k] + (self.L[k] @ eps[..., None])[..., 0]).float()                     # (n, D)
 
     def _log_joint(self, x):
         "log w_k + log N(x; mu_k, Sigma_k) for every point and component: (n, K), float64."
+        if x.ndim != 2 or x.shape[1] != self.D:
+            raise ValueError(f"x must have shape (n, {self.D}), got {tuple(x.shape)}")
         d = x[:, None, :] - self.means.to(x.device)                                              # (n, K, D)
         L = self.L.to(x.device)
         z = torch.linalg.solve_triangular(L, d[..., None], upper=False)[..., 0]                  # (n, K, D) = L^-1 (x - mu)
@@ -103,6 +113,7 @@ class GaussianMixture:
                sigma:float=0., # std of the added noise
               ) -> GaussianMixture: # the exact distribution of a * x0 + sigma * eps
         "The mixture followed by x -> a x + sigma eps, which is again a Gaussian mixture."
+        a, sigma = check_number(a, 'a'), check_number(sigma, 'sigma', 0)
         eye = torch.eye(self.D, dtype=torch.float64)
         return GaussianMixture(a * self.means, a ** 2 * self.covs + sigma ** 2 * eye, self.weights)   # eq. (6)
 
@@ -138,7 +149,8 @@ TOYS = {
 
 def _pick(table:dict, name:str, what:str):
     "table[name], or a ValueError naming the bad value and the valid choices."
-    if name not in table: raise ValueError(f"Unknown {what} {name!r}; valid choices are {sorted(table)}")
+    if not isinstance(name, str) or name not in table:
+        raise ValueError(f"Unknown {what} {name!r}; valid choices are {sorted(table)}")
     return table[name]
 
 def toy_2d(name:str, # one of `TOYS`: 'swiss_roll', 'two_moons', 'gaussian_mixture'
@@ -146,11 +158,18 @@ def toy_2d(name:str, # one of `TOYS`: 'swiss_roll', 'two_moons', 'gaussian_mixtu
            generator:torch.Generator|None=None, # source of randomness
           ) -> torch.Tensor: # (n, 2) float32
     "Sample `n` points from the 2-D toy data set `name`."
-    return _pick(TOYS, name, '2-D toy')(n, generator)
+    return _pick(TOYS, name, '2-D toy')(check_number(n, 'n', 1, integer=True), generator)
 
 # %% ../nbs/01_data.ipynb #5f09dac9
 def _check_choice(value, valid, what:str):
-    if value not in valid: raise ValueError(f"Unknown {what} {value!r}; valid choices are {list(valid)}")
+    "`value` if it is one of `valid`, else a ValueError naming it and the valid choices."
+    try:
+        ok = value in valid
+    except TypeError:                                                  # an unhashable value (a list) is no choice
+        ok = False
+    if not ok:
+        raise ValueError(f"Unknown {what} {value!r}; valid choices are {list(valid)}")
+    return value
 
 def _resize(x:torch.Tensor, # (N, 1, s, s) images in [-1, 1]
             size:int) -> torch.Tensor: # (N, 1, size, size)
@@ -229,6 +248,14 @@ def render_glyph(ch:str, # one character
                 ) -> np.ndarray: # (size, size) uint8, ink 255 on background 0
     "Draw one character centred (then shifted and rotated), antialiased by oversampling."
     from PIL import Image, ImageDraw
+    if not isinstance(ch, str) or len(ch) != 1:
+        raise ValueError(f"ch must be one character, got {ch!r}")
+    if not isinstance(font_file, str) or not (font_dir()/font_file).is_file():
+        fonts = [f for f, *_ in GLYPH_FONTS]
+        raise FileNotFoundError(f"font_file {font_file!r} is not a file in {font_dir()}; the glyphs use {fonts}")
+    size = check_number(size, 'size', 1, integer=True)
+    oversample = check_number(oversample, 'oversample', 1, integer=True)
+    em = check_number(em, 'em', 0)
     big = size * oversample
     px = max(4, round(em * big))
     font = _font(font_file, px)
@@ -248,6 +275,11 @@ def glyph_caption(ch:str, # the character
                   style:str='upright', # 'upright' or 'italic'
                  ) -> str:
     "A short English description, e.g. 'a bold serif capital A'."
+    if not isinstance(ch, str) or len(ch) != 1 or not ch.isalnum():
+        raise ValueError(f"ch must be one letter or digit, got {ch!r}")
+    _check_choice(family, ('serif', 'sans', 'mono'), 'family')
+    _check_choice(weight, ('regular', 'bold'), 'weight')
+    _check_choice(style, ('upright', 'italic'), 'style')
     kind = 'digit' if ch.isdigit() else 'capital' if ch.isupper() else 'lowercase'
     words = [w for w in (weight if weight != 'regular' else '', style if style != 'upright' else '', family, kind, ch) if w]
     return ('an ' if words[0][0] in 'aeiou' else 'a ') + ' '.join(words)
@@ -280,6 +312,7 @@ GLYPHS_VERSION = 1
 TRAIN_FRACTION = 0.8
 _GLYPHS = {}
 
+# %% ../nbs/01_data.ipynb #9719e7e5
 def _glyph_params(n_per_class:int, seed:int):
     "Draw every image's drawing parameters from one seeded generator: a list of attr dicts, class-major."
     rng = np.random.default_rng(seed)
@@ -311,6 +344,7 @@ def _make_glyphs(size, n_per_class, seed):
     labels = np.repeat(np.arange(len(GLYPH_CHARS)), n_per_class)
     return imgs, labels, attrs
 
+# %% ../nbs/01_data.ipynb #43a16750
 def _glyphs_all(size, n_per_class, seed):
     "The full set from memory, disk cache, or freshly generated (then cached)."
     key = _glyphs_key(size, n_per_class, seed)
@@ -331,14 +365,17 @@ def _glyphs_all(size, n_per_class, seed):
     _GLYPHS[key] = data
     return data
 
+# %% ../nbs/01_data.ipynb #9000d585
 def load_glyphs(split:str='train', # 'train' (first 80% of each class), 'test' (the rest) or 'all'
                 size:int=16, # 16 or 32
                 n_per_class:int=64, # images per character before the split (62 characters)
                 seed:int=0, # seed of the drawing parameters
                ) -> Glyphs:
     "Letters and digits drawn from matplotlib's fonts, with labels and captions; deterministic and cached."
-    _check_choice(split, ('train', 'test', 'all'), 'split'); _check_choice(size, (16, 32), 'glyph image size')
-    if n_per_class < 2: raise ValueError(f"n_per_class must be at least 2 (one train and one test image), got {n_per_class}")
+    _check_choice(split, ('train', 'test', 'all'), 'split')
+    _check_choice(size, (16, 32), 'glyph image size')
+    n_per_class = check_number(n_per_class, 'n_per_class (one train and one test image at least)', 2, integer=True)
+    seed = check_number(seed, 'seed', 0, integer=True)
     imgs, labels, attrs = _glyphs_all(size, n_per_class, seed)
     j = np.arange(len(labels)) % n_per_class                     # index within the class
     n_train = max(1, min(n_per_class - 1, round(TRAIN_FRACTION * n_per_class)))
@@ -384,6 +421,23 @@ def write_idx(path, # destination; gzipped when the name ends in .gz
     return path
 
 # %% ../nbs/01_data.ipynb #bfe4a104
+def net_timeout() -> float:
+    "Seconds a network call of the course waits to connect or for an answer: `$DIFFCOURSE_NET_TIMEOUT`, else 3."
+    raw = os.environ.get('DIFFCOURSE_NET_TIMEOUT', '3')
+    try:
+        seconds = float(raw)
+    except ValueError:
+        raise ValueError(f"DIFFCOURSE_NET_TIMEOUT must be a number of seconds > 0, got {raw!r}") from None
+    return check_number(seconds, 'DIFFCOURSE_NET_TIMEOUT (seconds)', 0, lo_open=True)
+
+def is_offline() -> bool:
+    "Whether offline mode is on: `HF_HUB_OFFLINE=1` in the environment now, or when huggingface_hub was imported."
+    if os.environ.get('HF_HUB_OFFLINE', '').strip().upper() in ('1', 'ON', 'YES', 'TRUE'):
+        return True
+    from huggingface_hub import constants
+    return bool(constants.HF_HUB_OFFLINE)
+
+# %% ../nbs/01_data.ipynb #20216bfe
 MNIST_FILES = {'train': ('train-images-idx3-ubyte', 'train-labels-idx1-ubyte'),
                'test': ('t10k-images-idx3-ubyte', 't10k-labels-idx1-ubyte')}
 MNIST_URLS = {'mnist': ['https://ossci-datasets.s3.amazonaws.com/mnist/', 'https://storage.googleapis.com/cvdf-datasets/mnist/'],
@@ -393,36 +447,58 @@ def _find_idx(root:Path, name:str):
     "The plain or gzipped file for `name` in `root`, or None."
     return next((p for p in (root/name, root/f'{name}.gz') if p.is_file()), None)
 
+# %% ../nbs/01_data.ipynb #fac947e1
+def _mnist_help(kind:str, root:Path, names:list, mirrors:list, why:str) -> str:
+    "What to do when MNIST cannot be downloaded: which files to put in which folder."
+    files = ', '.join(f'{n}.gz' for n in names)
+    where = mirrors[0] if mirrors else 'a mirror'
+    return (f"Could not download {kind}: {why}. Without network, put the files {files} (gzipped as on the mirrors, "
+            f"or unzipped) into the folder {str(root)!r}, fetched where there is network from {where}, then load them "
+            f"without download=True. Offline mode (HF_HUB_OFFLINE=1) never tries the network.")
+
 def download_mnist(root, # folder to put the files in
-                   kind:str='mnist'): # 'mnist' or 'fashion_mnist'
-    "Download the four gzipped IDX files of `kind` into `root` (skipping files already there)."
+                   kind:str='mnist', # 'mnist' or 'fashion_mnist'
+                   mirrors:list|None=None, # base URLs to try in order; None: `MNIST_URLS[kind]`
+                  ) -> Path:
+    "Download the four gzipped IDX files of `kind` into `root` (skipping files already there); fails fast offline."
     import urllib.request
     _check_choice(kind, tuple(MNIST_URLS), 'MNIST kind')
-    root = Path(root); root.mkdir(parents=True, exist_ok=True)
-    for name in sum(MNIST_FILES.values(), ()):
-        if _find_idx(root, name): continue
+    root = Path(root)
+    mirrors = list(MNIST_URLS[kind] if mirrors is None else mirrors)
+    todo = [n for n in sum(MNIST_FILES.values(), ()) if _find_idx(root, n) is None]
+    if todo and is_offline():
+        raise OSError(_mnist_help(kind, root, todo, mirrors, 'offline mode is on (HF_HUB_OFFLINE=1)'))
+    for name in todo:
         errors = []
-        for base in MNIST_URLS[kind]:
+        for base in mirrors:                                           # one try per mirror, bounded by net_timeout()
             try:
-                with urllib.request.urlopen(base + name + '.gz', timeout=60) as r: _atomic_write(root/f'{name}.gz', r.read())
+                with urllib.request.urlopen(base + name + '.gz', timeout=net_timeout()) as r:
+                    data = r.read()
                 break
-            except OSError as e: errors.append(f'{base}: {e}')
-        else: raise OSError(f"Could not download {name}.gz for {kind}: " + '; '.join(errors))
+            except (OSError, ValueError) as e:                        # no network, a timeout, a refused or bad URL
+                errors.append(f'{base}: {e}')
+        else:                                                          # every mirror failed: stop, do not try the rest
+            raise OSError(_mnist_help(kind, root, todo, mirrors, '; '.join(errors) or 'no mirrors given'))
+        _atomic_write(root/f'{name}.gz', data)
     return root
 
+# %% ../nbs/01_data.ipynb #e5c217e3
 def load_mnist(root, # folder holding the four IDX files (plain or .gz)
                split:str='train', # 'train' (60,000), 'test' (10,000) or 'all'
                kind:str='mnist', # 'mnist' or 'fashion_mnist' (picks the download URLs)
                size:int=28, # 28 (native), 16 (antialiased shrink) or 32 (padded)
                download:bool=False, # fetch missing files from the official mirrors
+               mirrors:list|None=None, # base URLs to download from; None: `MNIST_URLS[kind]`
               ) -> tuple[torch.Tensor, torch.Tensor]: # images (N, 1, size, size) float32 in [-1, 1]; labels (N,) int64
     "MNIST or Fashion-MNIST from their standard IDX files, as images in [-1, 1] and int64 labels."
-    _check_choice(split, ('train', 'test', 'all'), 'split'); _check_choice(kind, tuple(MNIST_URLS), 'MNIST kind')
+    _check_choice(split, ('train', 'test', 'all'), 'split')
+    _check_choice(kind, tuple(MNIST_URLS), 'MNIST kind')
     _check_choice(size, (16, 28, 32), 'MNIST image size')
     root = Path(root)
     splits = ('train', 'test') if split == 'all' else (split,)
     names = [n for s in splits for n in MNIST_FILES[s]]
-    if download and any(_find_idx(root, n) is None for n in names): download_mnist(root, kind)
+    if download and any(_find_idx(root, n) is None for n in names):
+        download_mnist(root, kind, mirrors)
     missing = [n for n in names if _find_idx(root, n) is None]
     if missing:
         where = f"the folder {str(root)!r} does not exist" if not root.is_dir() else f"missing in {str(root)!r}: {missing}"
@@ -453,28 +529,31 @@ def _no_size(name, size):
 
 def _toy_data(name):
     def load(split='train', size=None, root=None, n:int=10_000, seed:int=0):
-        _no_size(name, size); _check_choice(split, ('train', 'test'), 'split for toy data')
-        g = torch.Generator().manual_seed(seed * 2 + (split == 'test'))
+        _no_size(name, size)
+        _check_choice(split, ('train', 'test'), 'split for toy data')
+        g = torch.Generator().manual_seed(check_number(seed, 'seed', 0, integer=True) * 2 + (split == 'test'))
         return (toy_2d(name, n, g),)
     return load
 
 def _mnist_data(kind):
-    def load(split='train', size=None, root=None, download:bool=False):
-        return load_mnist(Path(root) if root is not None else cache_dir()/kind, split, kind, size or 28, download)
+    def load(split='train', size=None, root=None, download:bool=False, mirrors:list|None=None):
+        root = Path(root) if root is not None else cache_dir()/kind
+        return load_mnist(root, split, kind, 28 if size is None else size, download, mirrors)
     return load
 
-def _glyph_data(split='train', size=None, root=None, captions:bool=False, **kw):
-    g = load_glyphs(split, size or 16, **kw)
+def _glyph_data(split='train', size=None, root=None, captions:bool=False, n_per_class:int=64, seed:int=0):
+    g = load_glyphs(split, 16 if size is None else size, n_per_class, seed)
     return (g.images, g.labels, g.captions) if captions else (g.images, g.labels)
 
 DATASETS = {
-    'digits': lambda split='train', size=None, root=None: load_digits(split, size or 16),
+    'digits': lambda split='train', size=None, root=None: load_digits(split, 16 if size is None else size),
     'glyphs': _glyph_data,
     'mnist': _mnist_data('mnist'),
     'fashion_mnist': _mnist_data('fashion_mnist'),
     **{name: _toy_data(name) for name in TOYS},
 }
 
+# %% ../nbs/01_data.ipynb #7da49ba9
 def get_dataloader(name:str, # one of `DATASETS`
                    batch_size:int=128, # items per batch
                    split:str='train', # 'train', 'test' (or 'all' for image sets)
@@ -483,8 +562,14 @@ def get_dataloader(name:str, # one of `DATASETS`
                    generator:torch.Generator|None=None, # randomness of the shuffling
                    root=None, # MNIST folder (default: `cache_dir()/name`)
                    drop_last:bool=False, # drop a last incomplete batch
-                   **kw, # passed to the data set: `n`, `seed` (toys), `download` (MNIST), `n_per_class`, `seed`, `captions` (glyphs)
+                   **kw, # options: n, seed (toys); download, mirrors (MNIST); n_per_class, seed, captions (glyphs)
                   ) -> DataLoader:
     "A DataLoader over the named data set: (images, labels) batches for images, (points,) for 2-D toys."
-    cols = _pick(DATASETS, name, 'data set')(split=split, size=size, root=root, **kw)
+    load = _pick(DATASETS, name, 'data set')
+    options = [p for p in inspect.signature(load).parameters if p not in ('split', 'size', 'root')]
+    unknown = sorted(set(kw) - set(options))
+    if unknown:
+        raise TypeError(f"get_dataloader({name!r}) has no option {unknown}; the options of {name!r} are {options}")
+    batch_size = check_number(batch_size, 'batch_size', 1, integer=True)
+    cols = load(split=split, size=size, root=root, **kw)
     return DataLoader(_Columns(*cols), batch_size=batch_size, shuffle=shuffle, generator=generator, drop_last=drop_last)

@@ -4,7 +4,7 @@
 
 # %% ../nbs/10_distillation.ipynb #3ca749dc
 from __future__ import annotations
-import copy, json, time
+import copy, inspect, json, math, numbers, time
 from pathlib import Path
 
 import torch
@@ -13,10 +13,10 @@ from torch.utils.data import DataLoader, TensorDataset
 import matplotlib.pyplot as plt
 from fastprogress import progress_bar
 
-from .core import append_dims, WEIGHTS_DIR
-from .schedules import Schedule, spaced_timesteps
-from .samplers import (Denoiser, SAMPLERS, TABLE_SETUPS, euler_step, timestep_sigmas, load_denoiser, weights_id,
-                                 _pick, _device_of)
+from .core import append_dims, weights_path, WEIGHTS_DIR
+from .schedules import Schedule, spaced_timesteps, _check_schedule, _desc, _is_int
+from .samplers import (Denoiser, SAMPLERS, TABLE_SETUPS, euler_step, timestep_sigmas, load_denoiser,
+                                 weights_id, _pick, _device_of, _check_model, _check_noise, _check_shape)
 from .metrics import FID_N
 from .training import train
 
@@ -29,16 +29,20 @@ __all__ = ['ddim_step', 'sw_to_mixture', 'fid_digits', 'DISTILL_SETUPS', 'WEIGHT
 
 # %% ../nbs/10_distillation.ipynb #9c80d002
 def _check_steps(steps, T:int, what:str='steps'):
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1 or T % steps:
+    "Raise unless `steps` is a positive integer that divides T."
+    if not _is_int(steps) or steps < 1 or T % steps:
         raise ValueError(f"{what} must be a positive integer that divides T={T} (so that every grid lies on training "
                          f"timesteps and halving is exact: {[T >> k for k in range(4)]}, ..., 2, 1), got {steps!r}")
 
 def distill_sigmas(schedule:Schedule, # the teacher's schedule; its T must be divisible by `steps`
                    steps:int, # number of sampling steps N
                   ) -> torch.Tensor: # (N+1,) noise levels: timesteps jT/N - 1 for j = N..1, then 0
-    "The noise levels of an N-step sampler on the grid t = 1, 1 - 1/N, ..., 1/N, 0 of Salimans & Ho ('trailing' timesteps)."
+    "The noise levels of an N-step sampler on Salimans & Ho's grid t = 1, 1 - 1/N, ..., 1/N, 0 ('trailing' timesteps)."
+    _check_schedule(schedule)
     _check_steps(steps, schedule.T)
-    return timestep_sigmas(schedule, spaced_timesteps(steps, schedule.T, 'trailing'))   # timesteps jT/N - 1, then sigma = 0
+    # timesteps jT/N - 1, then 0
+    return timestep_sigmas(schedule, spaced_timesteps(int(steps), schedule.T, 'trailing'))
+
 
 # %% ../nbs/10_distillation.ipynb #f4a0e053
 def _wide(x:torch.Tensor) -> torch.dtype:
@@ -49,7 +53,8 @@ def _in_dtype(model, dtype):
     "The denoiser called on inputs cast to `dtype` (the network's), its output cast back to the caller's dtype."
     return lambda x, sigma: model(x.to(dtype), torch.as_tensor(sigma).to(dtype)).to(x.dtype)
 
-ddim_step = euler_step   # eq. (D): a deterministic DDIM step in sigma space is lesson 07's Euler step, x + (sigma' - sigma) (x - x0_hat) / sigma
+# eq. (D): deterministic DDIM in sigma space is lesson 07's Euler step, x_hat + (sigma'/sigma)(x - x_hat)
+ddim_step = euler_step
 
 @torch.no_grad()
 def sample_steps(model:Denoiser, # the network wrapped as a denoiser (it carries the schedule)
@@ -58,6 +63,8 @@ def sample_steps(model:Denoiser, # the network wrapped as a denoiser (it carries
                  progress:bool=False, # show a progress bar
                 ) -> torch.Tensor: # (B, ...) samples, in the dtype of `noise`
     "Deterministic DDIM (eta = 0) in N steps on the grid of `distill_sigmas`: how teachers and students sample."
+    _check_model(model)
+    _check_noise(noise, model)
     wide = _wide(noise)
     sigmas = distill_sigmas(model.schedule, steps).to(noise.device, wide)
     x = noise.to(wide) * (1 + sigmas[0] ** 2).sqrt()                               # lesson 07, eq. (S1)
@@ -109,12 +116,14 @@ def loss_weight(sigma:torch.Tensor, # (B,) noise levels
 # %% ../nbs/10_distillation.ipynb #645b6dc5
 def check_v(model:Denoiser, # the teacher (or student) to check
             who:str='teacher'):
-    "Refuse a denoiser that does not predict v: the student starts as a copy of the teacher and must predict x at SNR = 0."
-    if not isinstance(model, Denoiser): raise TypeError(f"the {who} must be a diffcourse.samplers.Denoiser, got {type(model).__name__}")
+    "Refuse a denoiser that does not predict v: the student starts as a copy of it and must predict x at SNR = 0."
+    if not isinstance(model, Denoiser):
+        raise TypeError(f"the {who} must be a diffcourse.samplers.Denoiser, got {type(model).__name__}")
     if model.objective != 'v':
-        raise ValueError(f"progressive distillation needs a v-prediction {who} (objective 'v'), got objective {model.objective!r}: "
-                         f"the student starts as a copy of it, and its first step starts from pure noise, where an eps-network "
-                         f"cannot say anything about x. Convert it first: fine-tune it with ddpm_loss(..., objective='v') "
+        raise ValueError(f"progressive distillation needs a v-prediction {who} (objective 'v'), "
+                         f"got objective {model.objective!r}: the student starts as a copy of it, and its first step "
+                         f"starts from pure noise, where an eps-network cannot say anything about x. "
+                         f"Convert it first: fine-tune it with ddpm_loss(..., objective='v') "
                          f"(lesson 04) and wrap it as Denoiser(net, schedule, 'v').")
 
 def distill_loss(student:Denoiser, # the student (being trained): its x0_hat should be x_tilde
@@ -122,9 +131,13 @@ def distill_loss(student:Denoiser, # the student (being trained): its x0_hat sho
                  x0:torch.Tensor, # (B, ...) a batch of data
                  student_steps:int, # N: the student's grid has N steps, the teacher's 2N
                  weighting:str='truncated_snr', # a key of WEIGHTINGS
-                 generator:torch.Generator|None=None, # draws the intervals and the noise (None: torch's global generator)
+                 generator:torch.Generator|None=None, # draws the intervals and the noise (None: torch's global one)
                 ) -> torch.Tensor: # scalar loss
     "The loss of progressive distillation (Salimans & Ho 2022, Alg. 2) for one batch."
+    T = teacher.schedule.T
+    if not _is_int(student_steps) or student_steps < 1 or T % (2 * student_steps):
+        raise ValueError(f"student_steps must be a positive integer N with 2N dividing T={T} (the teacher takes 2N "
+                         f"steps), got {student_steps!r}")
     sig = distill_sigmas(teacher.schedule, 2 * student_steps).to(x0.device, x0.dtype)      # (2N+1,)
     gdev = generator.device if generator is not None else x0.device
     i = torch.randint(0, student_steps, (x0.shape[0],), generator=generator, device=gdev).to(x0.device)   # (B,)
@@ -141,9 +154,17 @@ def distill_loss(student:Denoiser, # the student (being trained): its x0_hat sho
 # %% ../nbs/10_distillation.ipynb #7ed8572c
 def check_halving(teacher_steps:int, student_steps:int):
     "Refuse a student step count that is not half the teacher's: one student step replaces exactly two teacher steps."
-    if isinstance(student_steps, bool) or not isinstance(student_steps, int) or teacher_steps != 2 * student_steps:
+    if not _is_int(student_steps) or teacher_steps != 2 * student_steps:
         raise ValueError(f"a student step replaces two teacher steps, so student_steps must be teacher_steps / 2 = "
-                         f"{teacher_steps / 2:g}; got student_steps={student_steps!r} for teacher_steps={teacher_steps}")
+                         f"{teacher_steps / 2:g}; got student_steps={student_steps!r} "
+                         f"for teacher_steps={teacher_steps}")
+
+def _check_train(steps, lr, what:str='steps'):
+    "Raise unless `steps` (optimizer steps) is an integer >= 1 and `lr` a finite number > 0."
+    if not _is_int(steps) or steps < 1:
+        raise ValueError(f"{what} must be an integer number of optimizer steps >= 1, got {steps!r}")
+    if isinstance(lr, bool) or not isinstance(lr, numbers.Real) or not 0 < lr < math.inf:
+        raise ValueError(f"lr must be a finite learning rate > 0, got {lr!r}")
 
 def distill_round(teacher:Denoiser, # the teacher (v-prediction); it is not modified
                   dl, # batches of data: (x0,) or (x0, labels)
@@ -155,16 +176,44 @@ def distill_round(teacher:Denoiser, # the teacher (v-prediction); it is not modi
                   **train_kw, # passed to `train` (lr_schedule, warmup, ema_decay, clip, ckpt, seed, progress, ...)
                  ) -> tuple: # (student Denoiser, TrainState)
     "One round of progressive distillation: a copy of the teacher learns to take one DDIM step for the teacher's two."
-    check_v(teacher); check_halving(teacher_steps, student_steps)
+    check_v(teacher)
+    check_halving(teacher_steps, student_steps)
     _check_steps(teacher_steps, teacher.schedule.T, 'teacher_steps')
+    _check_train(steps, lr)
     _pick(WEIGHTINGS, weighting, 'weighting')                                                   # fail before training
     frozen = Denoiser(copy.deepcopy(teacher.net).eval().requires_grad_(False), teacher.schedule, 'v')
-    net = copy.deepcopy(teacher.net).requires_grad_(True)                                     # the student starts as the teacher
+    # the student starts as the teacher
+    net = copy.deepcopy(teacher.net).requires_grad_(True)
     loss_fn = lambda m, b: distill_loss(Denoiser(m, teacher.schedule, 'v'), frozen, b[0], student_steps, weighting)
     train_kw.setdefault('ema_decay', 0.)
     st = train(net, loss_fn, dl, steps, lr, **train_kw)
     return Denoiser((st.ema if st.ema is not None else st.model).eval(), teacher.schedule, 'v'), st
 
+
+# %% ../nbs/10_distillation.ipynb #84a7c6c5
+def _rounds(teacher_steps:int, final_steps) -> list:
+    "The student step counts of the rounds from teacher_steps to final_steps = teacher_steps / 2^k, k >= 1."
+    ok = _is_int(final_steps) and 1 <= final_steps < teacher_steps and teacher_steps % final_steps == 0
+    r = teacher_steps // final_steps if ok else 0
+    if not ok or r & (r - 1):
+        valid = [teacher_steps >> k for k in range(1, teacher_steps.bit_length()) if not teacher_steps % (1 << k)]
+        raise ValueError(f"final_steps must be teacher_steps / 2^k for some k >= 1, one of {valid}; "
+                         f"got final_steps={final_steps!r} with teacher_steps={teacher_steps}")
+    return [teacher_steps >> k for k in range(1, r.bit_length())]
+
+def _round_steps(steps, rounds:list, lr) -> dict:
+    "Optimizer steps per round, {student_steps: n}, from an int or a dict, each checked (with `lr`) before any round."
+    per = dict(steps) if isinstance(steps, dict) else {N: steps for N in rounds}
+    missing, unused = [N for N in rounds if N not in per], [N for N in per if N not in rounds]
+    if missing or unused:
+        raise ValueError(f"steps must give the optimizer steps of every round, keyed by its student_steps {rounds}; "
+                         f"missing {missing}, not a round {unused}")
+    for N in rounds:
+        _check_train(per[N], lr, f"steps[{N}]" if isinstance(steps, dict) else 'steps')
+    return {N: per[N] for N in rounds}
+
+
+# %% ../nbs/10_distillation.ipynb #629b9b3c
 def progressive_distillation(teacher:Denoiser, # the original teacher (v-prediction)
                              dl, # batches of data
                              teacher_steps:int, # the teacher's DDIM steps to start from, e.g. 64
@@ -172,19 +221,28 @@ def progressive_distillation(teacher:Denoiser, # the original teacher (v-predict
                              steps=500, # optimizer steps per round: an int, or a dict student_steps -> steps
                              lr:float=1e-4, # peak learning rate of every round
                              callback=None, # callback(student_steps, student, state) after each round, e.g. to save it
-                             **train_kw, # passed to `train` in every round
+                             **train_kw, # passed to `distill_round` (weighting) and `train` in every round
                             ) -> dict: # student_steps -> student Denoiser
     "Salimans & Ho's Algorithm 2: halve the number of sampling steps round after round, each student the next teacher."
-    check_v(teacher); _check_steps(teacher_steps, teacher.schedule.T, 'teacher_steps')
-    if final_steps < 1 or teacher_steps % final_steps or (teacher_steps // final_steps) & (teacher_steps // final_steps - 1):
-        raise ValueError(f"final_steps must be teacher_steps / 2^k for some k >= 1, got final_steps={final_steps} with teacher_steps={teacher_steps}")
-    students, N = {}, teacher_steps
-    while N > final_steps:
-        n_opt = steps[N // 2] if isinstance(steps, dict) else steps
-        teacher, st = distill_round(teacher, dl, N, N // 2, n_opt, lr, **train_kw)
-        N //= 2; students[N] = teacher
-        if callback is not None: callback(N, teacher, st)
+    check_v(teacher)                                                   # every argument is checked before round 1
+    _check_steps(teacher_steps, teacher.schedule.T, 'teacher_steps')
+    per = _round_steps(steps, _rounds(teacher_steps, final_steps), lr)
+    _pick(WEIGHTINGS, train_kw.get('weighting', 'truncated_snr'), 'weighting')
+    try:
+        inspect.signature(train).bind_partial(**{k: v for k, v in train_kw.items() if k != 'weighting'})
+    except TypeError as e:
+        raise TypeError(f"the keyword arguments are passed to `train` in every round, and {e}") from None
+    if callback is not None and not callable(callback):
+        raise TypeError(f"callback must be None or callable as callback(student_steps, student, state), "
+                        f"got {_desc(callback)}")
+    students = {}
+    for N, n_opt in per.items():                                       # N = teacher_steps / 2, ..., final_steps
+        teacher, st = distill_round(teacher, dl, 2 * N, N, n_opt, lr, **train_kw)
+        students[N] = teacher
+        if callback is not None:
+            callback(N, teacher, st)
     return students
+
 
 # %% ../nbs/10_distillation.ipynb #26a41203
 METHODS = {'progressive': 'pd', 'direct': 'direct'}   # distillation method -> tag in the weights' file name
@@ -194,6 +252,8 @@ def student_name(teacher:str, # the teacher's shipped name, e.g. 'digits_unet_v'
                  method:str='progressive', # a key of METHODS
                 ) -> str:
     "The shipped name of a student, e.g. 'digits_unet_v_pd4'."
+    if not _is_int(steps) or steps < 1:
+        raise ValueError(f"steps must be the student's number of sampling steps, an integer >= 1, got {steps!r}")
     return f'{teacher}_{_pick(METHODS, method, "method")}{steps}'
 
 def load_student(teacher:str, steps:int, method:str='progressive', device='cpu') -> Denoiser:
@@ -209,8 +269,13 @@ def teacher_pairs(teacher:Denoiser, # the teacher
                   batch_size:int=500, # sample in chunks of this size
                   progress:bool=False):
     "Noise and the teacher's deterministic samples from it: the training set of Luhman & Luhman (2021)."
+    _check_model(teacher)
+    shape = _check_shape(shape, 'shape')
+    _check_steps(steps, teacher.schedule.T)
+    if not _is_int(batch_size) or batch_size < 1:
+        raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
     noise = torch.randn(shape, generator=generator).to(_device_of(teacher))   # (n, ...)
-    chunks = noise.split(batch_size)
+    chunks = noise.split(int(batch_size))
     x = torch.cat([sample_steps(teacher, c, steps) for c in (progress_bar(chunks) if progress else chunks)])
     return noise, x
 
@@ -222,6 +287,8 @@ def direct_loss(student:Denoiser, # the one-step student
     s = distill_sigmas(student.schedule, 1)[0].to(noise.device)               # sigma_max, the first level
     return F.mse_loss(student(noise * (1 + s ** 2).sqrt(), s), x_teacher)     # x_hat = D(z_1 sqrt(1 + s^2); s)
 
+
+# %% ../nbs/10_distillation.ipynb #e405d317
 def distill_direct(teacher:Denoiser, # the teacher (v-prediction)
                    noise:torch.Tensor, x_teacher:torch.Tensor, # pairs from `teacher_pairs`
                    steps:int, # optimizer steps
@@ -232,30 +299,56 @@ def distill_direct(teacher:Denoiser, # the teacher (v-prediction)
                   ) -> tuple: # (one-step student Denoiser, TrainState)
     "Distil the teacher into a one-step student by regression on its samples (Luhman & Luhman 2021)."
     check_v(teacher)
-    dl = DataLoader(TensorDataset(noise, x_teacher), batch_size=batch_size, shuffle=True, generator=generator, drop_last=True)
+    _check_train(steps, lr)
+    if not torch.is_tensor(noise) or not torch.is_tensor(x_teacher) or noise.shape != x_teacher.shape:
+        raise ValueError(f"noise and x_teacher must be pairs of one shape (from teacher_pairs), "
+                         f"got {_desc(noise)} and {_desc(x_teacher)}")
+    if not _is_int(batch_size) or not 1 <= batch_size <= len(noise):
+        raise ValueError(f"batch_size must be an integer in [1, {len(noise)}] (the number of pairs), "
+                         f"got {batch_size!r}")
+    dl = DataLoader(TensorDataset(noise, x_teacher), batch_size=int(batch_size), shuffle=True, generator=generator,
+                    drop_last=True)
     net = copy.deepcopy(teacher.net).requires_grad_(True)
     train_kw.setdefault('ema_decay', 0.)
     st = train(net, lambda m, b: direct_loss(Denoiser(m, teacher.schedule, 'v'), *b), dl, steps, lr, **train_kw)
     return Denoiser((st.ema if st.ema is not None else st.model).eval(), teacher.schedule, 'v'), st
+
 
 # %% ../nbs/10_distillation.ipynb #03a0cacd
 TABLE_ROWS = (('ddim', 256), ('ddim', 128), ('ddim', 64), ('ddim', 8), ('ddim', 4), ('ddim', 2), ('ddim', 1),
               ('progressive', 8), ('progressive', 4), ('progressive', 2), ('progressive', 1), ('direct', 1))
 TABLE_PATH = WEIGHTS_DIR/'distill_table.json'    # the full table, written by tools/tables/distill.py
 
-def _setup(name): return _pick(DISTILL_SETUPS, name, 'table')
+def _setup(name):
+    return _pick(DISTILL_SETUPS, name, 'table')
 
 def row_name(setup:str, # a key of DISTILL_SETUPS
              method:str, # 'ddim' (the teacher), or a key of METHODS
              steps:int) -> str:
     "The shipped weights one row of the table samples from: the teacher for 'ddim', else the student."
     teacher = _setup(setup)['teacher']
-    return teacher if method == 'ddim' else student_name(teacher, steps, method)
+    if method == 'ddim':
+        return teacher
+    if not isinstance(method, str) or method not in METHODS:
+        raise ValueError(f"Unknown method {method!r}; valid choices are {['ddim', *METHODS]}")
+    return student_name(teacher, steps, method)
 
 def row_model(setup:str, method:str, steps:int, device='cpu') -> Denoiser:
     "The denoiser of one row of the table (see `row_name`)."
     return load_denoiser(row_name(setup, method, steps), device)
 
+def _check_rows(setup:str, rows) -> list:
+    "The rows as (method, steps) pairs, each with shipped weights: checked before the first row is sampled."
+    bad = [r for r in rows if not (isinstance(r, (tuple, list)) and len(r) == 2 and _is_int(r[1]) and r[1] >= 1)]
+    if bad:
+        raise ValueError(f"rows must be (method, steps) pairs with steps an integer >= 1, got {bad}")
+    for method, steps in rows:
+        # FileNotFoundError listing what ships
+        weights_path(f'{row_name(setup, method, steps)}.safetensors')
+    return [(m, int(s)) for m, s in rows]
+
+
+# %% ../nbs/10_distillation.ipynb #d75c169c
 def distill_table(setup:str, # a key of DISTILL_SETUPS: 'toy' or 'digits'
                   rows=TABLE_ROWS, # (method, steps) pairs
                   seed:int=0, # every row starts from the noise of this seed (common random numbers)
@@ -266,13 +359,18 @@ def distill_table(setup:str, # a key of DISTILL_SETUPS: 'toy' or 'digits'
                  ) -> list: # one dict(method, steps, value, seconds, weights) per row
     "Sample quality of the teacher's DDIM and of the distilled students at each number of steps, from the same noise."
     cmp = _setup(setup)
+    rows = _check_rows(setup, rows)
+    if n is not None and (not _is_int(n) or n < 1):
+        raise ValueError(f"n must be None (the setup's default) or an integer >= 1, got {n!r}")
+    if not _is_int(batch_size) or batch_size < 1:
+        raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
     metric, n = cmp['metric'](), n or cmp['n']
     noise = torch.randn((n, *cmp['shape']), generator=torch.Generator().manual_seed(seed)).to(device)
     out = []
     for method, steps in (progress_bar(rows) if progress else rows):
         model = row_model(setup, method, steps, device)
         t0 = time.perf_counter()
-        x = torch.cat([sample_steps(model, c, steps) for c in noise.split(batch_size)])
+        x = torch.cat([sample_steps(model, c, steps) for c in noise.split(int(batch_size))])
         out.append(dict(method=method, steps=steps, value=float(metric(x)), seconds=round(time.perf_counter() - t0, 2),
                         weights=weights_id(row_name(setup, method, steps))))
     return out
@@ -280,30 +378,39 @@ def distill_table(setup:str, # a key of DISTILL_SETUPS: 'toy' or 'digits'
 def load_distill_table(path=None) -> dict:
     "The shipped table of lesson 10 (written by tools/tables/distill.py)."
     path = Path(path) if path is not None else TABLE_PATH
-    if not path.is_file(): raise FileNotFoundError(f"No distillation table at {str(path)!r}; compute it with: python tools/tables/distill.py")
+    if not path.is_file():
+        raise FileNotFoundError(f"No distillation table at {str(path)!r}; "
+                                f"compute it with: python tools/tables/distill.py")
     return json.loads(path.read_text())
 
+
+# %% ../nbs/10_distillation.ipynb #0ac6cf4f
 def stale_rows(table:dict, # a table from `load_distill_table`
               ) -> list: # (setup, method, steps) of every row whose weights changed since it was computed
-    "Rows of a shipped table that no longer describe the shipped weights (their recorded sha256 differs, or is missing)."
+    "Rows of a shipped table that no longer describe the shipped weights (recorded sha256 different, or missing)."
     return [(name, r['method'], r['steps']) for name, t in table['tables'].items() for r in t['rows']
             if r.get('weights') != weights_id(row_name(name, r['method'], r['steps']))]
 
 def plot_distill_table(rows:list, # rows from `distill_table`
                        ax=None, title:str|None=None, ylabel:str='value'):
     "Quality against sampling steps: DDIM with the teacher, and each distillation method."
-    if ax is None: _, ax = plt.subplots(figsize=(5.5, 3.5))
+    if ax is None:
+        _, ax = plt.subplots(figsize=(5.5, 3.5))
     for method, style in (('ddim', 'o-'), ('progressive', 's-'), ('direct', '*')):
         rs = sorted((r for r in rows if r['method'] == method), key=lambda r: r['steps'])
-        if rs: ax.plot([r['steps'] for r in rs], [r['value'] for r in rs], style, ms=9 if method == 'direct' else 5,
-                       label={'ddim': 'DDIM with the teacher'}.get(method, f'{method} distillation'))
-    ax.set_xscale('log', base=2); ax.set_yscale('log'); ax.set_xlabel('sampling steps (network evaluations)'); ax.set_ylabel(ylabel)
-    if title: ax.set_title(title)
+        label = {'ddim': 'DDIM with the teacher'}.get(method, f'{method} distillation')
+        if rs:
+            ms = 9 if method == 'direct' else 5
+            ax.plot([r['steps'] for r in rs], [r['value'] for r in rs], style, ms=ms, label=label)
+    ax.set_xscale('log', base=2)
+    ax.set(yscale='log', xlabel='sampling steps (network evaluations)', ylabel=ylabel, title=title or '')
     ax.legend(fontsize=8)
     return ax
 
 def table_value(rows:list, method:str, steps:int) -> float:
     "The value of row (method, steps)."
     v = [r['value'] for r in rows if r['method'] == method and r['steps'] == steps]
-    if not v: raise KeyError(f"no row ({method!r}, {steps}) in the table; rows: {[(r['method'], r['steps']) for r in rows]}")
+    if not v:
+        raise KeyError(f"no row ({method!r}, {steps}) in the table; rows: {[(r['method'], r['steps']) for r in rows]}")
     return v[0]
+

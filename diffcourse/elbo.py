@@ -5,10 +5,11 @@
 # %% ../nbs/03_elbo.ipynb #e59814bf
 from __future__ import annotations
 import math
+from fastprogress import progress_bar
 
 import torch
 from .core import append_dims
-from .schedules import Schedule, q_sample
+from .schedules import Schedule, q_sample, _check_schedule, _check_data, _check_1d, _desc, _is_int
 
 # %% auto #0
 __all__ = ['VARIANCES', 'PREDICTIONS', 'normal_kl', 'normal_log_prob', 'posterior_mean_var', 'reverse_variance', 'x0_from_eps',
@@ -28,43 +29,55 @@ def normal_log_prob(x, mean, logvar) -> torch.Tensor:
     return -0.5 * (math.log(2 * math.pi) + logvar + (x - mean) ** 2 * torch.exp(-logvar))
 
 # %% ../nbs/03_elbo.ipynb #2c1411c6
-def _tables(schedule:Schedule, dtype, device):
-    "betas and abar recomputed from the betas in float64, then cast to `dtype` on `device`."
-    if not isinstance(schedule, Schedule): raise TypeError(f"schedule must be a diffcourse.schedules.Schedule, got {type(schedule).__name__}")
+def _tables(schedule:Schedule, dtype, device, what:str='x0'):
+    "betas and abar recomputed from the betas in float64, then cast to `dtype` (that of the tensor `what`) on `device`."
+    _check_schedule(schedule)
+    if not dtype.is_floating_point:
+        raise TypeError(f"{what} must be a floating-point tensor, got dtype {dtype}")
     b = schedule.betas.double().cpu()
     return b.to(device=device, dtype=dtype), torch.cumprod(1 - b, 0).to(device=device, dtype=dtype)
 
-def _timesteps(t, T:int, B:int, device, name='t') -> torch.Tensor:
-    "`t` as a (B,) LongTensor, with a clear error when it does not fit the batch or the schedule."
+def _timesteps(t, T:int, B:int, device, name:str='t', lo:int=0) -> torch.Tensor:
+    "`t` as a (B,) LongTensor in [lo, T-1], with a clear error when it does not fit the batch or the schedule."
     t = torch.as_tensor(t, device=device)
-    if t.is_floating_point(): raise ValueError(f"timesteps {name} must be integers, got dtype {t.dtype}")
-    if t.ndim == 0: t = t.expand(B)
-    if t.shape != (B,): raise ValueError(f"timesteps {name} must have shape ({B},) to match the batch, got {tuple(t.shape)}")
-    if len(t) and (t.min() < 0 or t.max() >= T):
-        raise ValueError(f"timesteps {name} must lie in [0, {T-1}] for this schedule of T={T} steps, got values in [{t.min().item()}, {t.max().item()}]")
+    if t.is_floating_point() or t.is_complex() or t.dtype == torch.bool:
+        raise ValueError(f"timesteps {name} must be integers, got dtype {t.dtype}")
+    if t.ndim == 0:
+        t = t.expand(B)
+    if t.shape != (B,):
+        raise ValueError(f"timesteps {name} must have shape ({B},) to match the batch, got {tuple(t.shape)}")
+    if len(t) and (t.min() < lo or t.max() >= T):
+        raise ValueError(f"timesteps {name} must lie in [{lo}, {T-1}] for this schedule of T={T} steps, "
+                         f"got values in [{t.min().item()}, {t.max().item()}]")
     return t.long()
 
-def _step_tables(t, schedule, x, t_prev=None):
+def _step_tables(t, schedule, x, t_prev=None, what:str='x_t'):
     "abar_t, abar_prev and the effective beta_t = 1 - abar_t / abar_prev, each (B,) in x's dtype."
-    betas, abar = _tables(schedule, x.dtype, x.device)
+    betas, abar = _tables(schedule, x.dtype, x.device, what)
     t = _timesteps(t, len(abar), len(x), x.device)
-    if t_prev is None: t_prev = t - 1
-    else:
-        t_prev = torch.as_tensor(t_prev, device=x.device).long().expand(len(x))
-        if (t_prev >= t).any() or (t_prev < -1).any(): raise ValueError(f"t_prev must satisfy -1 <= t_prev < t, got t_prev={t_prev.tolist()} for t={t.tolist()}")
+    t_prev = t - 1 if t_prev is None else _timesteps(t_prev, len(abar), len(x), x.device, 't_prev', lo=-1)
+    if (t_prev >= t).any():
+        raise ValueError(f"t_prev must satisfy -1 <= t_prev < t, got t_prev={t_prev.tolist()} for t={t.tolist()}")
     a_t = abar[t]
-    a_prev = torch.where(t_prev >= 0, abar[t_prev.clamp(min=0)], torch.ones_like(a_t))   # abar before the first step is 1
+    # abar before the first step is 1
+    a_prev = torch.where(t_prev >= 0, abar[t_prev.clamp(min=0)], torch.ones_like(a_t))
     return a_t, a_prev, 1 - a_t / a_prev
 
+
+# %% ../nbs/03_elbo.ipynb #5cfea696
 def _same_shape(a:torch.Tensor, b:torch.Tensor, na:str, nb:str):
-    if a.shape != b.shape: raise ValueError(f"{na} and {nb} must have the same shape, got {tuple(a.shape)} and {tuple(b.shape)}")
+    "Raise unless `a` and `b` are floating-point tensors of the same shape."
+    _check_data(a, na)
+    _check_data(b, nb)
+    if a.shape != b.shape:
+        raise ValueError(f"{na} and {nb} must have the same shape, got {tuple(a.shape)} and {tuple(b.shape)}")
 
 def posterior_mean_var(x0:torch.Tensor, # (B, ...) clean sample (or its prediction x0_hat)
                        x_t:torch.Tensor, # (B, ...) noisy sample at step t
                        t, # (B,) integer timesteps in [0, T-1]
                        schedule:Schedule, # the variance schedule
                        t_prev=None, # (B,) the earlier step (default t - 1; -1 means x_0 itself), for spaced sampling
-                      ) -> tuple[torch.Tensor, torch.Tensor]: # mean (B, ...) and variance (B, 1, ...) of q(x_{t_prev} | x_t, x0)
+                      ) -> tuple[torch.Tensor, torch.Tensor]: # mean (B, ...), variance (B, 1, ...) of the posterior
     "Mean and variance of the Gaussian posterior q(x_{t-1} | x_t, x_0) (DDPM eqs. 6-7)."
     _same_shape(x0, x_t, 'x0', 'x_t')
     a_t, a_prev, beta = _step_tables(t, schedule, x_t, t_prev)
@@ -73,30 +86,43 @@ def posterior_mean_var(x0:torch.Tensor, # (B, ...) clean sample (or its predicti
     var = append_dims((1 - a_prev) / (1 - a_t) * beta, x_t.ndim)                      # eq. (7), beta-tilde
     return c0 * x0 + ct * x_t, var
 
+
 # %% ../nbs/03_elbo.ipynb #73a1e0b9
 def _fixed_small(a_t, a_prev, beta): return (1 - a_prev) / (1 - a_t) * beta   # beta-tilde, the posterior variance
 def _fixed_large(a_t, a_prev, beta): return beta                              # beta_t, the forward variance
 
 VARIANCES = dict(fixed_small=_fixed_small, fixed_large=_fixed_large)
 
+def _check_variance(variance_type):
+    if not isinstance(variance_type, str) or variance_type not in VARIANCES:
+        raise ValueError(f"Unknown variance_type {variance_type!r}; known: {sorted(VARIANCES)}")
+
 def reverse_variance(t, # (B,) integer timesteps
                      schedule:Schedule, # the variance schedule
-                     variance_type:str='fixed_small', # one of VARIANCES: 'fixed_small' (beta-tilde_t) or 'fixed_large' (beta_t)
-                     x:torch.Tensor|None=None, # optional (B, ...) tensor whose dtype, device and rank the result follows
+                     variance_type:str='fixed_small', # one of VARIANCES, 'fixed_small' (beta-tilde), 'fixed_large'
+                     x:torch.Tensor|None=None, # optional (B, ...) tensor whose dtype, device and rank the result takes
                      t_prev=None, # (B,) the earlier step, for spaced sampling
                     ) -> torch.Tensor: # (B,) float64 variances, or (B, 1, ...) like `x` when it is given
     "The fixed variance sigma_t^2 of the reverse step p(x_{t-1} | x_t) (DDPM §3.2)."
-    if variance_type not in VARIANCES: raise ValueError(f"Unknown variance_type {variance_type!r}; known: {sorted(VARIANCES)}")
+    _check_variance(variance_type)
     ref = x if x is not None else torch.zeros(max(torch.as_tensor(t).numel(), 1), dtype=torch.float64)
-    var = VARIANCES[variance_type](*_step_tables(t, schedule, ref, t_prev))
+    var = VARIANCES[variance_type](*_step_tables(t, schedule, ref, t_prev, 'x'))
     return append_dims(var, ref.ndim) if x is not None else var
 
 # %% ../nbs/03_elbo.ipynb #022de59b
 def _per_sample(a, x:torch.Tensor, what:str='abar_t') -> torch.Tensor:
-    "A per-sample scalar `a` ((B,) tensor, 0-d tensor or float) in x's dtype and device, shaped to broadcast against x."
-    a = torch.as_tensor(a, dtype=x.dtype, device=x.device)
-    if a.ndim == 0: return a
-    if a.ndim != 1 or len(a) != len(x): raise ValueError(f"{what} must be a (B,) tensor with B={len(x)} (one value per sample) or a scalar, got shape {tuple(a.shape)}")
+    "A per-sample alpha-bar `a` ((B,) tensor, 0-d tensor or float) in x's dtype and device, shaped to broadcast on x."
+    a = torch.as_tensor(a, device=x.device)
+    if not ((a > 0) & (a <= 1)).all():                                     # NaN fails this too
+        raise ValueError(f"{what} must lie in (0, 1]: the alpha-bar of each sample's timestep (schedule.abar[t], "
+                         f"not t), "
+                         f"got values in [{a.min().item()}, {a.max().item()}]")
+    a = a.to(x.dtype)
+    if a.ndim == 0:
+        return a
+    if a.ndim != 1 or len(a) != len(x):
+        raise ValueError(f"{what} must be a (B,) tensor with B={len(x)} (one value per sample) or a scalar, "
+                         f"got shape {tuple(a.shape)}")
     return append_dims(a, x.ndim)
 
 def x0_from_eps(x_t:torch.Tensor, # (B, ...) noisy sample
@@ -123,6 +149,8 @@ def v_from_x0_eps(x0:torch.Tensor, # (B, ...) clean sample
     _same_shape(x0, eps, 'x0', 'eps'); a = _per_sample(abar_t, x0)
     return a.sqrt() * eps - (1 - a).sqrt() * x0
 
+
+# %% ../nbs/03_elbo.ipynb #cba31a5c
 def x0_from_v(x_t:torch.Tensor, v:torch.Tensor, abar_t) -> torch.Tensor:
     "x0 = sqrt(abar) x_t - sqrt(1 - abar) v."
     _same_shape(x_t, v, 'x_t', 'v'); a = _per_sample(abar_t, x_t)
@@ -141,11 +169,17 @@ def eps_from_score(score:torch.Tensor, abar_t) -> torch.Tensor:
     "eps = -sqrt(1 - abar) * score, the inverse of `score_from_eps`."
     return -(1 - _per_sample(abar_t, score)).sqrt() * score
 
+
+# %% ../nbs/03_elbo.ipynb #1c528ee4
 def _x0_eps_from_eps(x_t, out, abar_t): return x0_from_eps(x_t, out, abar_t), out
 def _x0_eps_from_x0(x_t, out, abar_t): return out, eps_from_x0(x_t, out, abar_t)
 def _x0_eps_from_v(x_t, out, abar_t): return x0_from_v(x_t, out, abar_t), eps_from_v(x_t, out, abar_t)
 
 PREDICTIONS = dict(eps=_x0_eps_from_eps, x0=_x0_eps_from_x0, v=_x0_eps_from_v)
+
+def _check_prediction(prediction):
+    if not isinstance(prediction, str) or prediction not in PREDICTIONS:
+        raise ValueError(f"Unknown prediction {prediction!r}; known: {sorted(PREDICTIONS)}")
 
 def to_x0_eps(out:torch.Tensor, # (B, ...) the model's output
               x_t:torch.Tensor, # (B, ...) the model's input
@@ -153,7 +187,7 @@ def to_x0_eps(out:torch.Tensor, # (B, ...) the model's output
               prediction:str='eps', # what the model predicts: one of PREDICTIONS ('eps', 'x0', 'v')
              ) -> tuple[torch.Tensor, torch.Tensor]: # (x0_hat, eps_hat)
     "Both x0_hat and eps_hat from a model output of any parameterization."
-    if prediction not in PREDICTIONS: raise ValueError(f"Unknown prediction {prediction!r}; known: {sorted(PREDICTIONS)}")
+    _check_prediction(prediction)
     _same_shape(x_t, out, 'x_t', 'model output')
     return PREDICTIONS[prediction](x_t, out, abar_t)
 
@@ -162,6 +196,10 @@ def optimal_eps_model(mix, # the data distribution: a `diffcourse.data.GaussianM
                       abar:torch.Tensor, # (T,) the schedule's alpha-bar table
                      ): # model(x_t, t) -> eps_hat, the exact E[eps | x_t]
     "The optimal eps-prediction model for data from a Gaussian mixture: -sqrt(1 - abar) times the score of q_t."
+    if not callable(getattr(mix, 'noised', None)):
+        raise TypeError(f"mix must be a diffcourse.data.GaussianMixture (it needs `noised` and `score`), "
+                        f"got {_desc(mix)}")
+    _check_1d(abar, 'abar')
     abar64 = abar.double().cpu()
     def model(x_t:torch.Tensor, # (B, D) noisy samples
               t:torch.Tensor, # (B,) integer timesteps
@@ -169,7 +207,8 @@ def optimal_eps_model(mix, # the data distribution: a `diffcourse.data.GaussianM
         t = _timesteps(t, len(abar64), len(x_t), 'cpu')
         out = torch.empty_like(x_t, dtype=torch.float64)
         for tv in t.unique().tolist():                                # one noised mixture per distinct timestep
-            sel = (t == tv).to(x_t.device); a = abar64[tv].item()
+            sel = (t == tv).to(x_t.device)
+            a = abar64[tv].item()
             q_t = mix.noised(math.sqrt(a), math.sqrt(1 - a))          # x_t's exact distribution
             out[sel] = -math.sqrt(1 - a) * q_t.score(x_t[sel].double())   # Tweedie: E[eps | x_t] = -sqrt(1-abar) score
         return out.to(x_t.dtype)
@@ -181,16 +220,18 @@ def vlb_weight(t, # (B,) integer timesteps, >= 1 (code index)
                variance_type:str='fixed_large', # the reverse variance, one of VARIANCES
               ) -> torch.Tensor: # (B,) w_t, float64
     "w_t (DDPM eq. 12's lambda_t): the denoising KL term is w_t ||eps - eps_hat||^2 + a constant."
+    _check_variance(variance_type)
     ref = torch.zeros(max(torch.as_tensor(t).numel(), 1), dtype=torch.float64)
     a_t, a_prev, beta = _step_tables(t, schedule, ref)
-    if (a_prev == 1).any(): raise ValueError("vlb_weight: t = 0 is the reconstruction term, which has no eps weight; use t >= 1")
-    if variance_type not in VARIANCES: raise ValueError(f"Unknown variance_type {variance_type!r}; known: {sorted(VARIANCES)}")
+    if (a_prev == 1).any():
+        raise ValueError("vlb_weight: t = 0 is the reconstruction term, which has no eps weight; use t >= 1")
     var = VARIANCES[variance_type](a_t, a_prev, beta)
     return beta ** 2 / (2 * var * (1 - beta) * (1 - a_t))                          # eq. (12)
 
 # %% ../nbs/03_elbo.ipynb #0c403f08
 def decoder_variance(schedule:Schedule) -> float:
     "sigma_dec^2 = (1 - abar_1) / abar_1 of the Gaussian reconstruction term p(x0 | x1) (float64)."
+    _check_schedule(schedule)
     a0 = torch.cumprod(1 - schedule.betas.double(), 0)[0].item()
     return (1 - a0) / a0
 
@@ -198,7 +239,8 @@ def prior_kl(x0:torch.Tensor, # (B, ...) data
              schedule:Schedule, # the variance schedule
             ) -> torch.Tensor: # (B,) KL(q(x_T | x0) || N(0, I)) in nats
     "The prior-matching term L_T, exact."
-    _, abar = _tables(schedule, x0.dtype, x0.device); aT = abar[-1]
+    _check_data(x0, 'x0')
+    aT = _tables(schedule, x0.dtype, x0.device)[1][-1]
     return normal_kl(aT.sqrt() * x0, torch.log1p(-aT), 0., 0.).flatten(1).sum(1)
 
 def vlb_term(x0:torch.Tensor, # (B, ...) data
@@ -222,6 +264,8 @@ def vlb_term(x0:torch.Tensor, # (B, ...) data
     rec = -normal_log_prob(x0, x0_hat, math.log(decoder_variance(schedule)))                            # L_0
     return torch.where(first, rec, kl).flatten(1).sum(1)
 
+
+# %% ../nbs/03_elbo.ipynb #5a0be44a
 def vlb_terms(model, # model(x_t, t) -> prediction
               x0:torch.Tensor, # (B, ...) data points
               schedule:Schedule, # the variance schedule the model was trained with
@@ -231,32 +275,42 @@ def vlb_terms(model, # model(x_t, t) -> prediction
               progress:bool=False, # show a progress bar over the T steps
              ) -> dict: # prior (B,), terms (B, T) and control variates cv (B, T), all in nats
     "Every term of the negative ELBO of `model` at `x0`, one x_t draw per step, plus control variates."
-    if variance_type not in VARIANCES: raise ValueError(f"Unknown variance_type {variance_type!r}; known: {sorted(VARIANCES)}")
-    if prediction not in PREDICTIONS: raise ValueError(f"Unknown prediction {prediction!r}; known: {sorted(PREDICTIONS)}")
-    B, T, D = len(x0), schedule.T, x0[0].numel()
+    if not callable(model):
+        raise TypeError(f"model must be callable as model(x_t, t), got {_desc(model)}")
+    _check_variance(variance_type)
+    _check_prediction(prediction)
+    _check_data(x0, 'x0')
     _, abar = _tables(schedule, x0.dtype, x0.device)
+    B, T, D = len(x0), schedule.T, x0[0].numel()
     terms, cv = x0.new_zeros(B, T), x0.new_zeros(B, T)
-    steps = range(T)
-    if progress:
-        from fastprogress import progress_bar; steps = progress_bar(steps, leave=False)
+    steps = progress_bar(range(T), leave=False) if progress else range(T)
     for t in steps:
         tt = torch.full((B,), t, dtype=torch.long, device=x0.device)
         eps = torch.randn(x0.shape, generator=generator, dtype=x0.dtype).to(x0.device)
         x_t = q_sample(x0, tt, eps, abar)
-        with torch.no_grad(): out = model(x_t, tt)
-        if out.shape != x0.shape: raise ValueError(f"the model returned shape {tuple(out.shape)}, expected the shape of x0 {tuple(x0.shape)}")
+        with torch.no_grad():
+            out = model(x_t, tt)
+        if not torch.is_tensor(out) or out.shape != x0.shape:
+            got = f"shape {tuple(out.shape)}" if torch.is_tensor(out) else _desc(out)
+            raise ValueError(f"the model returned {got}, expected a tensor of the shape of x0 {tuple(x0.shape)}")
         terms[:, t] = vlb_term(x0, x_t, tt, out, schedule, variance_type, prediction)
         cv[:, t] = eps.flatten(1).pow(2).sum(1) - D                                   # mean exactly 0
     return dict(prior=prior_kl(x0, schedule), terms=terms, cv=cv)
 
+
+# %% ../nbs/03_elbo.ipynb #3f239cea
 def nelbo(vlb:dict, # the output of `vlb_terms`
           schedule:Schedule|None=None, # if given, checked to have as many steps as the terms
           control_variate:bool=True, # subtract the fitted control variate (needs B > 1)
          ) -> torch.Tensor: # (B,) -ELBO per data point, in nats
     "The negative ELBO per data point: prior + sum of the terms, optionally with the control variate."
+    if not isinstance(vlb, dict) or not {'prior', 'terms', 'cv'} <= set(vlb):
+        got = f"a dict with keys {sorted(vlb)}" if isinstance(vlb, dict) else _desc(vlb)
+        raise TypeError(f"vlb must be the dict vlb_terms returns, with keys 'prior', 'terms' and 'cv'; got {got}")
     terms, cv, prior = vlb['terms'], vlb['cv'], vlb['prior']
     if terms.shape != cv.shape or terms.shape[0] != prior.shape[0]:
-        raise ValueError(f"inconsistent vlb: terms {tuple(terms.shape)}, cv {tuple(cv.shape)}, prior {tuple(prior.shape)}")
+        raise ValueError(f"inconsistent vlb: terms {tuple(terms.shape)}, cv {tuple(cv.shape)}, "
+                         f"prior {tuple(prior.shape)}")
     if schedule is not None and terms.shape[1] != schedule.T:
         raise ValueError(f"the terms cover T={terms.shape[1]} steps but the schedule has T={schedule.T}")
     if control_variate and len(terms) > 1:
@@ -269,4 +323,7 @@ def bits_per_dim(nats:torch.Tensor, # per-sample value in nats (e.g. `nelbo(...)
                  dims:int, # number of dimensions of one data point
                 ) -> torch.Tensor:
     "Convert nats per data point to bits per dimension."
+    if not _is_int(dims) or dims < 1:
+        raise ValueError(f"dims must be a positive integer (the dimensions of one data point), got {dims!r}")
     return nats / (dims * math.log(2))
+

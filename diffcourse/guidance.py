@@ -4,13 +4,11 @@
 
 # %% ../nbs/08_guidance.ipynb #9a0ddcc9
 from __future__ import annotations
-import math
-
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .core import append_dims
+from .core import append_dims, check_number, register_architecture
 from .schedules import q_sample, sigma_to_abar, sigma_to_t
 from .training import timestep_embedding, ddpm_loss
 from .unet import UNetBlock, Downsample
@@ -21,6 +19,7 @@ __all__ = ['NoisyClassifier', 'noisy_classifier_loss', 'check_scale', 'Guided', 
            'cfg_combine', 'ClassifierFreeGuidance', 'class_diversity']
 
 # %% ../nbs/08_guidance.ipynb #0ab51763
+@register_architecture
 class NoisyClassifier(nn.Module):
     "The U-Net's downsampling half with a linear head: `forward(x_t, t) -> (B, num_classes)` logits of noisy images."
     def __init__(self, num_classes:int=10, # number of classes
@@ -32,11 +31,17 @@ class NoisyClassifier(nn.Module):
                  heads:int=4): # attention heads
         super().__init__()
         channels, attn = tuple(channels), tuple(attn)
-        if len(attn) != len(channels): raise ValueError(f"attn {attn} needs one flag per level of channels {channels}")
+        num_classes = check_number(num_classes, 'num_classes', 1, integer=True)
+        in_channels = check_number(in_channels, 'in_channels', 1, integer=True)
+        layers = check_number(layers, 'layers', 1, integer=True)
+        groups = check_number(groups, 'groups', 1, integer=True)
+        heads = check_number(heads, 'heads', 1, integer=True)
+        _check_levels(channels, attn, groups, heads)
         self.config = dict(num_classes=num_classes, in_channels=in_channels, channels=list(channels), attn=list(attn),
                            layers=layers, groups=groups, heads=heads)
         self.num_classes = num_classes
-        c = c0 = channels[0]; emb_dim = 4 * c0
+        c = c0 = channels[0]
+        emb_dim = 4 * c0
         self.temb = nn.Sequential(nn.Linear(c0, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
         self.conv_in = nn.Conv2d(in_channels, c0, 3, padding=1)
         self.blocks = nn.ModuleList()
@@ -47,13 +52,47 @@ class NoisyClassifier(nn.Module):
 
     def forward(self, x, # (B, in_channels, H, W) noisy images x_t
                 t): # (B,) timesteps (fractional allowed), or one for the batch
-        B = x.shape[0]
-        t = torch.as_tensor(t, device=x.device).expand(B)                                  # (B,)
+        B = _check_input(x, self.config['in_channels'], self.conv_in.weight.dtype)
+        t = _check_t(t, B, x.device)                                                         # (B,)
         emb = self.temb(timestep_embedding(t, self.temb[0].in_features))                    # (B, E)
         h = self.conv_in(x)                                                                 # (B, c0, H, W)
         for m in self.blocks: h = m(h, emb)
         return self.head(F.silu(self.norm(h)).mean((2, 3)))                                # (B, num_classes)
 
+# %% ../nbs/08_guidance.ipynb #bdc96211
+def _check_levels(channels:tuple, attn:tuple, groups:int, heads:int):
+    "The widths of a U-Net-like stack, checked: one attention flag per level, widths divisible by groups and heads."
+    if len(channels) == 0 or len(attn) != len(channels):
+        raise ValueError(f"channels {channels} needs at least one level, and attn {attn} one flag per level")
+    for c, a in zip(channels, attn):
+        check_number(c, 'each of channels', 1, integer=True)
+        if c % groups or (a and c % heads):
+            raise ValueError(f"channels {channels} must be multiples of groups={groups} (and of heads={heads} "
+                             f"where attn is set, attn={attn})")
+
+def _shape_of(x) -> str:
+    "What an error message says a value was: a tensor's shape, else the name of its type."
+    return str(tuple(x.shape)) if torch.is_tensor(x) else type(x).__name__
+
+def _check_input(x, # what the network was given as x_t
+                 channels:int, # the channels it takes
+                 dtype:torch.dtype, # the dtype of its weights
+                ) -> int: # the batch size B
+    "A network input checked to be a (B, channels, H, W) tensor in the network's own dtype."
+    if not torch.is_tensor(x) or x.ndim != 4 or x.shape[1] != channels or x.dtype != dtype:
+        got = f'{_shape_of(x)} {x.dtype}' if torch.is_tensor(x) else _shape_of(x)
+        raise ValueError(f"x must be a {dtype} tensor of shape (B, {channels}, H, W), got {got}")
+    return x.shape[0]
+
+def _check_t(t, # timesteps: a number, a 0-d tensor or (B,)
+             B:int, device) -> torch.Tensor: # (B,)
+    "Timesteps for a batch of B: one for all, or one each."
+    t = torch.as_tensor(t, device=device)
+    if t.ndim > 1 or (t.ndim == 1 and len(t) not in (1, B)):
+        raise ValueError(f"t must be one timestep or one per sample, shape () or ({B},), got shape {tuple(t.shape)}")
+    return t.expand(B)
+
+# %% ../nbs/08_guidance.ipynb #534e53d3
 def noisy_classifier_loss(schedule, # the `Schedule` of the diffusion model to guide
                           generator:torch.Generator|None=None): # randomness of t and eps
     "A `loss_fn(model, batch)` for `train`: cross-entropy of a classifier on x_t ~ q(x_t | x0) at random t."
@@ -68,11 +107,10 @@ def noisy_classifier_loss(schedule, # the `Schedule` of the diffusion model to g
 # %% ../nbs/08_guidance.ipynb #7565ec49
 def check_scale(scale, # a guidance scale
                 what:str='guidance scale'): # its name in the error message
-    "The scale as a float, or a ValueError if it is NaN, infinite or negative."
-    try: s = float(scale)
-    except (TypeError, ValueError): raise TypeError(f"{what} must be a number, got {scale!r}") from None
-    if not math.isfinite(s) or s < 0: raise ValueError(f"{what} must be a finite number >= 0, got {scale!r}")
-    return s
+    "The scale as a float, or a ValueError if it is NaN, infinite or negative (a TypeError if it is no number)."
+    if torch.is_tensor(scale) and scale.ndim == 0:
+        scale = scale.item()
+    return float(check_number(scale, what, 0))
 
 class Guided(nn.Module):
     "Base of the guidance wrappers: holds the denoiser and exposes its `schedule`, so `sample(...)` accepts the wrapper."
@@ -81,6 +119,7 @@ class Guided(nn.Module):
         self.model = model
         self.schedule = getattr(model, 'schedule', None)
 
+# %% ../nbs/08_guidance.ipynb #f6746691
 class GradientGuidance(Guided):
     "A denoiser steered by the gradient of a log-probability: D(x, sigma) + scale * sigma^2 * grad_x log p(y | x)."
     def __init__(self, model, # the denoiser D(x, sigma) -> x0_hat
@@ -89,6 +128,8 @@ class GradientGuidance(Guided):
                  through_x0:bool=False, # True: x0_hat is computed with gradients, so grad_x flows back through D
                  sigma_cap:float|None=None): # weight by min(sigma, sigma_cap)^2 instead of sigma^2 (None: no cap)
         super().__init__(model)
+        if not callable(log_prob):
+            raise TypeError(f"log_prob must be a function (x, sigma, x0_hat) -> (B,), got {type(log_prob).__name__}")
         self.log_prob, self.scale, self.through_x0 = log_prob, check_scale(scale), through_x0
         self.sigma_cap = None if sigma_cap is None else check_scale(sigma_cap, 'sigma_cap')
 
@@ -101,7 +142,11 @@ class GradientGuidance(Guided):
             if self.through_x0: x0_hat = self.model(x_in, sigma)
             else:
                 with torch.no_grad(): x0_hat = self.model(x, sigma)
-            lp = self.log_prob(x_in, sig, x0_hat).sum()
+            lp = self.log_prob(x_in, sig, x0_hat)
+            if not torch.is_tensor(lp) or lp.shape != sig.shape:
+                got = _shape_of(lp)
+                raise ValueError(f"log_prob must return one value per sample, shape {tuple(sig.shape)}, got {got}")
+            lp = lp.sum()
             grad = torch.autograd.grad(lp, x_in, allow_unused=True)[0] if lp.requires_grad else None   # (B, ...) grad_x log p
             if grad is None: grad = torch.zeros_like(x)                                          # log_prob does not depend on x
         w = sig if self.sigma_cap is None else sig.clamp(max=self.sigma_cap)                 # (B,)
@@ -124,10 +169,13 @@ def check_labels(labels, # requested classes: an int, or (B,) ints
         elif len(labels) != B: raise ValueError(f"got {len(labels)} class labels for a batch of {B}")
     return labels
 
+# %% ../nbs/08_guidance.ipynb #7307e18f
 def classifier_log_prob(classifier, # a noise-aware classifier(x_t, t) -> (B, num_classes) logits
                         schedule, # the `Schedule` the classifier was trained with
                         labels): # the requested classes, an int or (B,)
     "log_prob(x, sigma, x0_hat) -> (B,) log p(y | x) of a noise-aware classifier, for `GradientGuidance`."
+    if not callable(classifier):
+        raise TypeError(f"classifier must be a network classifier(x_t, t) -> logits, got {type(classifier).__name__}")
     n = getattr(classifier, 'num_classes', None)
     check_labels(labels, n)
     def log_prob(x, sigma, x0_hat=None):
@@ -135,7 +183,11 @@ def classifier_log_prob(classifier, # a noise-aware classifier(x_t, t) -> (B, nu
         abar = sigma_to_abar(sigma)                                                          # (B,)
         x_t = append_dims(abar, x.ndim).sqrt() * x                                           # the classifier's input
         t = sigma_to_t(sigma.detach().cpu(), schedule.abar).to(x.device, torch.float32)      # (B,) fractional t
-        return F.log_softmax(classifier(x_t, t), dim=-1)[torch.arange(len(x), device=x.device), y]
+        logits = classifier(x_t, t)                                                          # (B, num_classes)
+        if logits.ndim != 2 or len(logits) != len(x) or logits.shape[1] <= int(y.max()):
+            raise ValueError(f"the classifier must return (B, num_classes) logits with B = {len(x)} and more than "
+                             f"{int(y.max())} classes, got shape {tuple(logits.shape)}")
+        return F.log_softmax(logits, dim=-1)[torch.arange(len(x), device=x.device), y]
     return log_prob
 
 def classifier_guidance(model, # the denoiser to guide
@@ -144,7 +196,9 @@ def classifier_guidance(model, # the denoiser to guide
                         scale:float, # guidance scale s >= 0
                         schedule=None): # the classifier's schedule (default: the denoiser's)
     "A denoiser guided toward `labels` by a noise-aware classifier (Dhariwal & Nichol 2021)."
-    schedule = schedule if schedule is not None else model.schedule
+    schedule = schedule if schedule is not None else getattr(model, 'schedule', None)
+    if schedule is None:
+        raise ValueError("classifier_guidance needs the classifier's schedule: pass schedule=..., or a model with one")
     return GradientGuidance(model, classifier_log_prob(classifier, schedule, labels), scale)
 
 # %% ../nbs/08_guidance.ipynb #45e53285
@@ -153,7 +207,10 @@ def drop_labels(labels:torch.Tensor, # (B,) class labels in [0, num_classes)
                 num_classes:int, # the null class is `num_classes`
                 generator:torch.Generator|None=None) -> torch.Tensor: # (B,) labels, some set to `num_classes`
     "Condition dropout for classifier-free guidance: each label becomes the null class with probability `p`."
-    if not 0 <= p <= 1: raise ValueError(f"drop probability p must lie in [0, 1], got {p}")
+    p = check_number(p, 'drop probability p', 0, 1)
+    if labels.numel() and (labels.min() < 0 or labels.max() >= num_classes):
+        raise ValueError(f"labels must lie in [0, {num_classes - 1}] (the null class is {num_classes}), "
+                         f"got values in [{labels.min().item()}, {labels.max().item()}]")
     gdev = generator.device if generator is not None else labels.device
     drop = (torch.rand(labels.shape, generator=generator, device=gdev) < p).to(labels.device)
     return torch.where(drop, torch.full_like(labels, num_classes), labels)
@@ -164,6 +221,8 @@ def cfg_ddpm_loss(schedule, # the noise schedule
                   objective:str='eps', # what the network predicts
                   generator:torch.Generator|None=None):
     "A `loss_fn(model, batch)` for `train`: the DDPM loss of a class-conditional model with condition dropout."
+    p_uncond = check_number(p_uncond, 'p_uncond', 0, 1)
+    num_classes = check_number(num_classes, 'num_classes', 1, integer=True)
     def loss_fn(model, batch):
         x0, y = batch[0], batch[1]
         return ddpm_loss(model, x0, schedule, objective, generator, class_labels=drop_labels(y, p_uncond, num_classes, generator))
@@ -197,6 +256,8 @@ class ClassifierFreeGuidance(Guided):
                  **cond): # the condition, e.g. class_labels=(B,) ints or context=(B, L, D)
         super().__init__(model)
         if not cond: raise ValueError("ClassifierFreeGuidance needs a condition, e.g. class_labels=...")
+        if uncond is not None and not isinstance(uncond, dict):
+            raise TypeError(f"uncond must be a dict of keyword arguments or None, got {type(uncond).__name__}")
         n = getattr(getattr(model, 'net', model), 'num_classes', None)
         if 'class_labels' in cond and n: cond['class_labels'] = check_labels(cond['class_labels'], n)
         self.scale, self.cond, self.uncond = check_scale(scale), cond, uncond or {}
@@ -213,6 +274,9 @@ def class_diversity(features:torch.Tensor, # (N, D) features of N samples
                    ) -> float: # mean distance between two samples of the same class
     "Spread of samples within each class: the mean pairwise Euclidean distance of their features, averaged over classes."
     labels = torch.as_tensor(labels, device=features.device)
+    if features.ndim != 2 or labels.shape != (len(features),):
+        shapes = f"{tuple(features.shape)} and {tuple(labels.shape)}"
+        raise ValueError(f"features must be (N, D) and labels (N,), got {shapes}")
     ds = []
     for c in labels.unique():
         f = features[labels == c]

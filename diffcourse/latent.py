@@ -4,7 +4,7 @@
 
 # %% ../nbs/09_stable_diffusion.ipynb #f813a4a4
 from __future__ import annotations
-import inspect, json, tempfile
+import inspect, json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -12,11 +12,12 @@ import torch
 import torch.nn as nn
 from fastprogress import progress_bar
 
-from .core import save_safetensors, load_safetensors, weights_path
+from .core import save_safetensors, load_safetensors, weights_path, check_number
 from .schedules import Schedule
 from .training import ddpm_loss
-from .guidance import cfg_combine
-from .clip import check_prompts, drop_style_words, write_tokenizer_files, load_tokenizer_files
+from .guidance import cfg_combine, check_scale, _shape_of
+from .clip import (check_prompts, drop_style_words, _check_format, _meta_json, _config_keys, _init_keys,
+                             _check_config, _build_checked, _tokenizer_from_meta, _local_or_hub)
 
 # %% auto #0
 __all__ = ['SD_PART_CLASSES', 'GLYPH_VAE', 'GLYPH_SD', 'SDParts', 'glyph_vae', 'glyph_unet', 'glyph_scheduler', 'to_pipeline',
@@ -58,6 +59,7 @@ def glyph_unet(cross_attention_dim:int=64, # width D of the text encoder's hidde
                **kw) -> nn.Module: # overrides of the config
     "The course's small `UNet2DConditionModel` for 4x4x4 latents, cross-attending to the text at both levels."
     from diffusers import UNet2DConditionModel
+    check_number(cross_attention_dim, 'cross_attention_dim', 1, integer=True)
     cfg = dict(sample_size=4, in_channels=4, out_channels=4, cross_attention_dim=cross_attention_dim,
                down_block_types=('CrossAttnDownBlock2D',) * 2, up_block_types=('CrossAttnUpBlock2D',) * 2,
                block_out_channels=(32, 64), layers_per_block=1, attention_head_dim=8, norm_num_groups=16)
@@ -94,41 +96,46 @@ SD_PART_CLASSES = {  # subfolder -> (library, class) used to load it
 }
 _DTYPE_ARG = {'text_encoder': 'dtype', 'unet': 'torch_dtype', 'vae': 'torch_dtype'}  # how each library's from_pretrained names it
 
+def _is_scheduler(cls) -> bool:
+    "Whether `cls` is one of diffusers' scheduler classes."
+    import diffusers
+    return isinstance(cls, type) and issubclass(cls, diffusers.SchedulerMixin)
+
 def _scheduler_class(src:str, local_files_only:bool):
-    "The scheduler class a checkpoint names in scheduler/scheduler_config.json."
+    "The scheduler class a checkpoint names in scheduler/scheduler_config.json: one of diffusers' schedulers only."
     import diffusers
     from diffusers import DDIMScheduler
     cfg = DDIMScheduler.load_config(src, subfolder='scheduler', local_files_only=local_files_only)
     name = cfg.get('_class_name', 'DDIMScheduler')
-    if not hasattr(diffusers, name): raise ValueError(f"unknown scheduler class {name!r} in {src!r}/scheduler")
-    return getattr(diffusers, name)
+    cls = getattr(diffusers, name, None) if isinstance(name, str) else None
+    if not _is_scheduler(cls):
+        raise ValueError(f"{src!r}/scheduler names the class {name!r}, which is not one of diffusers' schedulers")
+    return cls
 
+# %% ../nbs/09_stable_diffusion.ipynb #cfa73204
 def load_parts(name_or_path, # a Hugging Face model id ('stable-diffusion-v1-5/stable-diffusion-v1-5') or a local folder
                device='cpu', # where to put the networks
                dtype:torch.dtype|None=None, # e.g. torch.float16 on a GPU; None keeps float32
                local_files_only:bool=False, # never touch the network (the folder or the Hugging Face cache only)
                scheduler=None, # a diffusers scheduler class to use instead of the checkpoint's own (configured from it)
               ) -> SDParts:
-    "Load the five parts of a Stable Diffusion checkpoint, each with its own `from_pretrained`."
+    "Load the five parts of a Stable Diffusion checkpoint, each with its own `from_pretrained`; fails fast offline."
     import importlib
-    p = Path(str(name_or_path)).expanduser()
-    if p.exists() and not p.is_dir():
-        raise ValueError(f"load_parts wants a model id or a folder (model_index.json, unet/, vae/, ...), got the file {str(p)!r}")
-    src = str(p) if p.is_dir() else str(name_or_path)
-    try:
-        loaded = {sub: getattr(importlib.import_module(lib), cls).from_pretrained(
-                      src, subfolder=sub, local_files_only=local_files_only,
-                      **({_DTYPE_ARG[sub]: dtype} if dtype is not None and sub in _DTYPE_ARG else {}))   # load straight into dtype
-                  for sub, (lib, cls) in SD_PART_CLASSES.items()}
-        sched_cls = scheduler or _scheduler_class(src, local_files_only)
-        loaded['scheduler'] = sched_cls.from_pretrained(src, subfolder='scheduler', local_files_only=local_files_only)
-    except (OSError, ValueError) as e:
-        first = str(e).strip().splitlines()[0].rstrip('.') if str(e).strip() else type(e).__name__
-        raise OSError(f"Could not load Stable Diffusion parts from {src!r}: {first}. Without network (or offline), point "
-                      f"load_parts at a local folder holding model_index.json and the subfolders tokenizer/, text_encoder/, "
-                      f"unet/, vae/ and scheduler/, e.g. one written by save_parts, or downloaded where there is network "
-                      f"with `hf download {name_or_path} --local-dir DIR`.") from e
-    parts = SDParts(**loaded).to(device, dtype)
+    if dtype is not None and not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
+        raise TypeError(f"dtype must be a floating torch.dtype such as torch.float16, or None, got {dtype!r}")
+    if scheduler is not None and not _is_scheduler(scheduler):
+        raise TypeError(f"scheduler must be a diffusers scheduler class such as DDIMScheduler, got {scheduler!r}")
+    def load(src, local):
+        loaded = {}
+        for sub, (lib, cls) in SD_PART_CLASSES.items():
+            dt = {_DTYPE_ARG[sub]: dtype} if dtype is not None and sub in _DTYPE_ARG else {}   # straight into dtype
+            part = getattr(importlib.import_module(lib), cls)                  # fixed above, not by the folder
+            loaded[sub] = part.from_pretrained(src, subfolder=sub, local_files_only=local, **dt)
+        sched_cls = scheduler or _scheduler_class(src, local)
+        loaded['scheduler'] = sched_cls.from_pretrained(src, subfolder='scheduler', local_files_only=local)
+        return loaded
+    holding = 'model_index.json and tokenizer/, text_encoder/, unet/, vae/, scheduler/ (as save_parts writes)'
+    parts = SDParts(**_local_or_hub(load, name_or_path, local_files_only, 'load_parts', holding)).to(device, dtype)
     for m in (parts.text_encoder, parts.unet, parts.vae): m.eval().requires_grad_(False)
     return parts
 
@@ -137,10 +144,16 @@ def prompt_lists(prompt, # a string or a list of B strings
                  negative_prompt=None, # None (no negative prompt: ''), one string for all, or a list of B strings
                 ) -> tuple[list, list]: # (B prompts, B negative prompts)
     "Prompts and negative prompts as two lists of the same length, or a ValueError naming both sizes."
+    for name, value in (('prompt', prompt), ('negative_prompt', negative_prompt)):
+        if not isinstance(value, (str, list, tuple)) and not (name == 'negative_prompt' and value is None):
+            raise TypeError(f"{name} must be a string or a list of strings, got {type(value).__name__}")
     prompts = [prompt] if isinstance(prompt, str) else list(prompt)
-    if negative_prompt is None: negs = [''] * len(prompts)
-    elif isinstance(negative_prompt, str): negs = [negative_prompt] * len(prompts)
-    else: negs = list(negative_prompt)
+    if negative_prompt is None:
+        negs = [''] * len(prompts)
+    elif isinstance(negative_prompt, str):
+        negs = [negative_prompt] * len(prompts)
+    else:
+        negs = list(negative_prompt)
     if len(negs) != len(prompts):
         raise ValueError(f"negative_prompt has {len(negs)} entries but prompt has {len(prompts)}: give one negative "
                          f"prompt per prompt, a single string for all of them, or None")
@@ -171,13 +184,20 @@ def denoise(unet:nn.Module, # the U-Net: (z_t, t, encoder_hidden_states) -> eps_
             timesteps:torch.Tensor, # the timesteps to visit, from the scheduler
             cond:torch.Tensor, # (B, L, D) hidden states of the prompts
             uncond:torch.Tensor|None=None, # (B, L, D) of the negative prompts; None: no guidance
-            guidance_scale:float=7.5, # s of eq. (1), diffusers' convention (1: no guidance)
+            guidance_scale:float=7.5, # s >= 0 of eq. (1), diffusers' convention (1: the conditional model)
             *, generator:torch.Generator|None=None, # fresh noise for stochastic schedulers
             eta:float=0., # DDIM's eta (used only by schedulers that take it)
             callback=None, # called after each step with dict(i, t, latents, x0_hat)
             progress:bool=False, # show a progress bar
            ) -> torch.Tensor: # (B, C, h, w) the final latents z_0
     "The sampling loop: classifier-free guided noise prediction (eq. 1), then one scheduler step, for each timestep."
+    guidance_scale, eta = check_scale(guidance_scale), check_number(eta, 'eta', 0, 1)
+    if not torch.is_tensor(cond) or cond.ndim != 3 or not torch.is_tensor(latents) or len(cond) != len(latents):
+        raise ValueError(f"cond must be (B, L, D) hidden states for the B = {len(latents)} latents, got "
+                         f"{_shape_of(cond)}")
+    if uncond is not None and (not torch.is_tensor(uncond) or uncond.shape != cond.shape):
+        got = _shape_of(uncond)
+        raise ValueError(f"uncond must have the shape of cond, {tuple(cond.shape)}, got {got}")
     kw = _step_kwargs(scheduler, generator, eta)
     context = cond if uncond is None else torch.cat([uncond, cond])           # (B or 2B, L, D)
     for i, t in enumerate(progress_bar(timesteps, leave=False) if progress else timesteps):
@@ -228,36 +248,51 @@ def _noise(shape, generator, device, dtype):
     if generator is None: generator = torch.Generator(); generator.seed()        # never touches the global generator
     return torch.randn(shape, generator=generator, device=generator.device).to(device, dtype)
 
+def _check_sampling(steps, guidance_scale, eta, generator, scheduler) -> tuple:
+    "The pipelines' step count, scale and eta, checked; and that the generator is one."
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise TypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__} "
+                        f"(for a seed, pass torch.Generator().manual_seed(seed))")
+    T = scheduler.config.num_train_timesteps
+    return check_number(steps, 'steps', 1, T, integer=True), check_scale(guidance_scale), check_number(eta, 'eta', 0, 1)
+
 def _guidance_parts(parts, prompt, negative_prompt, guidance_scale):
+    "The prompts' hidden states, and the negative prompts' unless s = 1 (where eq. 1 does not use them)."
     prompts, negs = prompt_lists(prompt, negative_prompt)
     cond = encode_prompt(parts.tokenizer, parts.text_encoder, prompts)
-    uncond = encode_prompt(parts.tokenizer, parts.text_encoder, negs) if guidance_scale > 1 else None
+    uncond = encode_prompt(parts.tokenizer, parts.text_encoder, negs) if guidance_scale != 1 else None
     return cond, uncond
 
+# %% ../nbs/09_stable_diffusion.ipynb #067ecddf
 @torch.no_grad()
 def text_to_image(parts:SDParts, # the five parts
                   prompt, # a string or a list of B strings
                   negative_prompt=None, # None, one string, or a list of B strings
                   *, steps:int=50, # sampling steps
-                  guidance_scale:float=7.5, # s of eq. (1); <= 1 turns guidance (and the negative prompt) off
+                  guidance_scale:float=7.5, # s >= 0 of eq. (1): 1 the conditional model alone, > 1 guided
                   height:int|None=None, width:int|None=None, # image size; None: the U-Net's sample_size times f
                   generator:torch.Generator|None=None, # source of all randomness (noise, stochastic steps)
-                  eta:float=0., # DDIM's eta
+                  eta:float=0., # DDIM's eta, in [0, 1]
                   latents:torch.Tensor|None=None, # (B, C, h, w) starting noise to use instead of drawing it
                   callback=None, # called after each step with dict(i, t, latents, x0_hat)
                   decode:bool=True, # False: return the final latents instead of images
                   progress:bool=False, # show a progress bar
                  ) -> torch.Tensor: # (B, c, H, W) images in [-1, 1] (or (B, C, h, w) latents)
     "Text to image: encode the prompts, denoise random latents with guidance, decode."
-    cond, uncond = _guidance_parts(parts, prompt, negative_prompt, guidance_scale)
+    steps, guidance_scale, eta = _check_sampling(steps, guidance_scale, eta, generator, parts.scheduler)
     f, size = vae_factor(parts.vae), parts.unet.config.sample_size
-    height, width = height or size * f, width or size * f
-    if height % f or width % f: raise ValueError(f"height and width must be multiples of the VAE factor {f}, got {height}x{width}")
+    height = size * f if height is None else check_number(height, 'height', f, integer=True)
+    width = size * f if width is None else check_number(width, 'width', f, integer=True)
+    if height % f or width % f:
+        raise ValueError(f"height and width must be multiples of the VAE factor {f}, got {height}x{width}")
+    cond, uncond = _guidance_parts(parts, prompt, negative_prompt, guidance_scale)
     sch = parts.scheduler
     sch.set_timesteps(steps, device=parts.device)
     shape = (len(cond), parts.unet.config.in_channels, height // f, width // f)
-    if latents is None: latents = _noise(shape, generator, parts.device, cond.dtype)
-    elif tuple(latents.shape) != shape: raise ValueError(f"latents must have shape {shape}, got {tuple(latents.shape)}")
+    if latents is None:
+        latents = _noise(shape, generator, parts.device, cond.dtype)
+    elif not torch.is_tensor(latents) or tuple(latents.shape) != shape or not latents.is_floating_point():
+        raise ValueError(f"latents must be a float tensor of shape {shape}, got {_shape_of(latents)}")
     latents = latents.to(parts.device, cond.dtype) * sch.init_noise_sigma
     latents = denoise(parts.unet, sch, latents, sch.timesteps, cond, uncond, guidance_scale,
                       generator=generator, eta=eta, callback=callback, progress=progress)
@@ -271,15 +306,15 @@ def image_to_image(parts:SDParts, # the five parts
                    negative_prompt=None, # None, one string, or a list of B strings
                    *, strength:float=0.8, # in [0, 1]: how much of the schedule to run (how much of the image to forget)
                    steps:int=50, # steps of the full schedule; int(steps * strength) of them are run
-                   guidance_scale:float=7.5, # s of eq. (1)
+                   guidance_scale:float=7.5, # s >= 0 of eq. (1)
                    generator:torch.Generator|None=None, # source of the posterior sample, the noise and stochastic steps
                    eta:float=0., # DDIM's eta
                    callback=None, # called after each step with dict(i, t, latents, x0_hat)
                    progress:bool=False,
                   ) -> torch.Tensor: # (B, c, H, W) images in [-1, 1]
     "SDEdit: encode `image`, noise it to the timestep `strength` of the way back (eq. 2), denoise with the prompt, decode."
-    if not isinstance(strength, (int, float)) or not 0 <= strength <= 1:
-        raise ValueError(f"strength must be a number in [0, 1] (0 keeps the image, 1 starts from noise), got {strength!r}")
+    check_number(strength, 'strength (0 keeps the image, 1 starts from noise)', 0, 1)
+    steps, guidance_scale, eta = _check_sampling(steps, guidance_scale, eta, generator, parts.scheduler)
     cond, uncond = _guidance_parts(parts, prompt, negative_prompt, guidance_scale)
     if len(image) != len(cond): raise ValueError(f"got {len(image)} images for {len(cond)} prompts")
     sch = parts.scheduler
@@ -307,6 +342,7 @@ def vae_loss_fn(kl_weight:float=1e-5, # beta of eq. (3)
                 generator:torch.Generator|None=None, # randomness of the posterior sample (None: torch's global generator)
                ):
     "A `loss_fn(vae, batch)` for `train`: L1 reconstruction of a posterior sample plus `kl_weight` times the KL (eq. 3)."
+    check_number(kl_weight, 'kl_weight', 0)
     def loss_fn(vae, batch):
         x = batch[0]                                                               # (B, 1, H, W) in [-1, 1]
         post = vae.encode(x).latent_dist
@@ -324,6 +360,10 @@ def fit_scaling_factor(vae:nn.Module, # a trained VAE
                        batch_size:int=500,
                       ) -> float: # 1 / std of the latents; also written into vae.config.scaling_factor
     "Set the VAE's `scaling_factor` to 1 / std of posterior samples of `images` (as Rombach et al. 2022 do)."
+    if not torch.is_tensor(images) or images.ndim != 4 or len(images) < 2:
+        got = _shape_of(images)
+        raise ValueError(f"images must be (N, c, H, W) with N >= 2, got {got}")
+    check_number(batch_size, 'batch_size', 1, integer=True)
     vae.register_to_config(scaling_factor=1.0)
     g = generator if generator is not None else torch.Generator().manual_seed(0)
     z = torch.cat([encode_images(vae, images[i:i + batch_size], g) for i in range(0, len(images), batch_size)])
@@ -345,13 +385,15 @@ def save_glyph_vae(vae:nn.Module, path, **info):
 
 def load_glyph_vae(path=None, # a file written by `save_glyph_vae`; None: the one shipped with the course
                    device='cpu') -> nn.Module:
-    "The glyph VAE (a diffusers `AutoencoderKL` in eval mode, float32, frozen)."
+    "The glyph VAE (a diffusers `AutoencoderKL` in eval mode, float32, frozen); the file is checked first."
     from diffusers import AutoencoderKL
     path = Path(path) if path is not None else weights_path(GLYPH_VAE)
     tensors, meta = load_safetensors(path)
-    if meta.get('format') != 'diffcourse.sd-vae/1': raise ValueError(f"{str(path)!r} is not a VAE written by save_glyph_vae")
-    vae = AutoencoderKL.from_config(json.loads(meta['config']))
-    vae.load_state_dict({k: v.float() for k, v in tensors.items()})
+    _check_format(meta, 'diffcourse.sd-vae/1', path, 'a VAE written by save_glyph_vae')
+    config = _meta_json(meta, 'config', path)
+    _check_config(config, _init_keys(AutoencoderKL), path, 'AutoencoderKL', len(tensors))
+    vae = _build_checked(lambda: AutoencoderKL.from_config(config), {k: v.float() for k, v in tensors.items()}, path,
+                         'AutoencoderKL')
     return vae.to(device).eval().requires_grad_(False)
 
 # %% ../nbs/09_stable_diffusion.ipynb #a1dfd7da
@@ -361,6 +403,7 @@ def latent_dataset(vae:nn.Module, # the trained, frozen VAE (with its scaling fa
                    batch_size:int=500,
                   ) -> torch.utils.data.TensorDataset: # rows (mu (C, h, w), sigma (C, h, w), index of the image)
     "The scaled posterior mean and std of every image, and its index (to look its caption up)."
+    check_number(batch_size, 'batch_size', 1, integer=True)
     p = next(vae.parameters())
     mus, sigmas = [], []
     for i in range(0, len(images), batch_size):
@@ -368,6 +411,7 @@ def latent_dataset(vae:nn.Module, # the trained, frozen VAE (with its scaling fa
         mus.append(post.mean * vae.config.scaling_factor); sigmas.append(post.std * vae.config.scaling_factor)
     return torch.utils.data.TensorDataset(torch.cat(mus).cpu(), torch.cat(sigmas).cpu(), torch.arange(len(images)))
 
+# %% ../nbs/09_stable_diffusion.ipynb #e8c01405
 def latent_loss_fn(tokenizer, # the text encoder's tokenizer
                    text_encoder:nn.Module, # the frozen text encoder tau of eq. (4)
                    captions:list, # the N captions, indexed by the dataset's third column
@@ -377,6 +421,10 @@ def latent_loss_fn(tokenizer, # the text encoder's tokenizer
                    generator:torch.Generator|None=None, # randomness of caption dropping, posterior samples, t and eps
                   ):
     "A `loss_fn(unet, batch)` for `train`: the noise-prediction loss of eq. (4) on posterior samples, conditioned on captions."
+    check_number(p_uncond, 'p_uncond', 0, 1)
+    check_number(p_drop, 'p_drop', 0, 1)
+    if isinstance(captions, str) or not captions or not all(isinstance(c, str) for c in captions):
+        raise TypeError(f"captions must be a non-empty list of strings, got {captions!r:.60}")
     cache = {}
     def context(texts, device):                                                  # (B, L, D) hidden states
         new = sorted({t for t in texts if t not in cache})
@@ -405,6 +453,7 @@ def save_glyph_sd(unet:nn.Module, # the trained U-Net
                 **info)                                                                         # non-strings stored as JSON
     return save_safetensors(tensors, path, metadata=meta)
 
+# %% ../nbs/09_stable_diffusion.ipynb #79b0e6bf
 def load_glyph_sd(path=None, # a file written by `save_glyph_sd`; None: the one shipped with the course
                   vae_path=None, # a file written by `save_glyph_vae`; None: the one shipped
                   device='cpu',
@@ -414,13 +463,23 @@ def load_glyph_sd(path=None, # a file written by `save_glyph_sd`; None: the one 
     from transformers import CLIPTextConfig, CLIPTextModel
     path = Path(path) if path is not None else weights_path(GLYPH_SD)
     tensors, meta = load_safetensors(path)
-    if meta.get('format') != 'diffcourse.sd-unet/1': raise ValueError(f"{str(path)!r} is not a U-Net written by save_glyph_sd")
-    unet = UNet2DConditionModel.from_config(json.loads(meta['unet_config']))
-    unet.load_state_dict({k[5:]: v.float() for k, v in tensors.items() if k.startswith('unet.')})
-    text_encoder = CLIPTextModel(CLIPTextConfig.from_dict(json.loads(meta['text_config'])))
-    text_encoder.load_state_dict({k[13:]: v.float() for k, v in tensors.items() if k.startswith('text_encoder.')})
-    folder = write_tokenizer_files(tempfile.mkdtemp(prefix='glyph_sd_tokenizer_'), json.loads(meta['vocab']),
-                                   [tuple(m) for m in json.loads(meta['merges'])], int(meta['model_max_length']))
-    parts = SDParts(load_tokenizer_files(folder), text_encoder, unet, load_glyph_vae(vae_path), glyph_scheduler()).to(device)
+    _check_format(meta, 'diffcourse.sd-unet/1', path, 'a U-Net written by save_glyph_sd')
+    unet_cfg, text_cfg = _meta_json(meta, 'unet_config', path), _meta_json(meta, 'text_config', path)
+    _check_config(unet_cfg, _init_keys(UNet2DConditionModel), path, 'UNet2DConditionModel', len(tensors))
+    _check_config(text_cfg, _config_keys(CLIPTextConfig), path, 'CLIPTextConfig', len(tensors))
+    other = sorted(k for k in tensors if not k.startswith(('unet.', 'text_encoder.')))
+    if other:
+        raise ValueError(f"{str(path)!r}: tensors {other[:3]} belong to neither 'unet.' nor 'text_encoder.'")
+    part = lambda prefix: {k[len(prefix):]: v.float() for k, v in tensors.items() if k.startswith(prefix)}
+    make_unet = lambda: UNet2DConditionModel.from_config(unet_cfg)
+    unet = _build_checked(make_unet, part('unet.'), path, 'UNet2DConditionModel')
+    make_text = lambda: CLIPTextModel(CLIPTextConfig.from_dict(text_cfg))
+    text_encoder = _build_checked(make_text, part('text_encoder.'), path, 'CLIPTextModel')
+    width, attends = text_encoder.config.hidden_size, unet.config.cross_attention_dim
+    if width != attends:
+        raise ValueError(f"{str(path)!r}: the U-Net attends to {attends}-wide text, its text encoder gives {width}")
+    tc = text_encoder.config
+    tokenizer = _tokenizer_from_meta(meta, path, tc.vocab_size, tc.max_position_embeddings)
+    parts = SDParts(tokenizer, text_encoder, unet, load_glyph_vae(vae_path), glyph_scheduler()).to(device)
     for m in (parts.text_encoder, parts.unet, parts.vae): m.eval().requires_grad_(False)
     return parts

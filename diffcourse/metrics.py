@@ -11,8 +11,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .core import check_number, register_architecture
 from .data import load_digits, load_glyphs, GLYPH_CHARS
-from .training import train, load_pretrained
+from .training import train, load_pretrained, check_x
 
 # %% auto #0
 __all__ = ['CLASSIFIERS', 'FID_N', 'sqrtm_psd', 'frechet_distance', 'feature_stats', 'SmallCNN', 'random_shift',
@@ -64,12 +65,15 @@ def feature_stats(features:torch.Tensor, # (N, D) one feature vector per sample
 def _conv_bn_relu(c_in:int, c_out:int, stride:int=1) -> nn.Sequential:
     return nn.Sequential(nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU())
 
+@register_architecture
 class SmallCNN(nn.Module):
     "A small classifier for (B, 1, 16, 16) images in [-1, 1]; `features(x)` are the activations FID uses."
     def __init__(self, num_classes:int=10, # number of classes (10 digits, 62 glyphs)
                  width:int=32, # channels of the first convolutions (doubled after the first downsampling)
                  n_features:int=64): # size of the pooled feature vector
         super().__init__()
+        for name, v in dict(num_classes=num_classes, width=width, n_features=n_features).items():
+            check_number(v, f'SmallCNN: {name}', 1, integer=True)
         self.config = dict(num_classes=num_classes, width=width, n_features=n_features)
         w = width
         self.body = nn.Sequential(_conv_bn_relu(1, w), _conv_bn_relu(w, w),       # (B, w, 16, 16)
@@ -78,6 +82,9 @@ class SmallCNN(nn.Module):
         self.head = nn.Linear(n_features, num_classes)
 
     def features(self, x:torch.Tensor) -> torch.Tensor: # (B, 1, H, W) -> (B, n_features)
+        check_x(x, self.head.weight, 'SmallCNN')
+        if x.ndim != 4 or x.shape[1] != 1:
+            raise ValueError(f"SmallCNN wants images of shape (B, 1, H, W), got {tuple(x.shape)}")
         return self.body(x).mean((2, 3))                      # global average pool
 
     def forward(self, x:torch.Tensor) -> torch.Tensor: # (B, 1, H, W) -> (B, num_classes) logits
@@ -89,6 +96,10 @@ def random_shift(x:torch.Tensor, # (B, C, H, W) images in [-1, 1]
                  generator:torch.Generator|None=None, # source of randomness (None: torch's global generator)
                 ) -> torch.Tensor: # (B, C, H, W) each image moved by its own (dy, dx), background -1 filled in
     "Translate each image by a random whole number of pixels in [-max_shift, max_shift]."
+    if not torch.is_tensor(x) or x.ndim != 4:
+        got = tuple(x.shape) if torch.is_tensor(x) else type(x).__name__
+        raise ValueError(f"random_shift wants images (B, C, H, W), got {got}")
+    check_number(max_shift, 'max_shift', 0, integer=True)
     B, C, H, W = x.shape
     gdev = generator.device if generator is not None else x.device
     d = torch.randint(0, 2 * max_shift + 1, (2, B), generator=generator, device=gdev).to(x.device)   # (2, B) offsets
@@ -134,8 +145,11 @@ def train_classifier(name:str='digits', # a key of `CLASSIFIERS`: which data to 
                      **model_kw): # passed to `SmallCNN` (width, n_features)
     "Train a `SmallCNN` on the training split of `name` with the course's `train` loop; returns its `TrainState`."
     spec = _classifier_spec(name)
+    check_number(steps, 'steps', 1, integer=True)
+    check_number(batch_size, 'batch_size', 1, integer=True)
     x, y = classifier_data(name, 'train')
-    dl = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=batch_size, shuffle=True, drop_last=True)
+    dl = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=batch_size, shuffle=True,
+                                     drop_last=True)
     torch.manual_seed(seed)
     model = SmallCNN(spec['num_classes'], **model_kw)
     return train(model, classifier_loss, dl, steps, lr, warmup=min(100, steps // 10), weight_decay=1e-4,
@@ -161,6 +175,7 @@ def _classifier(classifier, device) -> nn.Module:
     if isinstance(classifier, nn.Module): return classifier.to(device).eval()
     return load_classifier(classifier, device)
 
+# %% ../nbs/06_metrics.ipynb #1131e57b
 def check_images(x:torch.Tensor, # what the user passed
                  what:str='images', # its name, for the error message
                  tol:float=0.5, # values up to this far outside [-1, 1] are clamped; further out is an error
@@ -179,6 +194,7 @@ def check_images(x:torch.Tensor, # what the user passed
                               f"are in [-1, 1] with background -1; map [0, 1] images with x * 2 - 1")
     return x.clamp(-1, 1)
 
+# %% ../nbs/06_metrics.ipynb #c6fd6db9
 @torch.no_grad()
 def classifier_features(images:torch.Tensor, # (N, 1, 16, 16) images in [-1, 1]
                         classifier='digits', # a key of `CLASSIFIERS`, or a `SmallCNN`
@@ -186,6 +202,7 @@ def classifier_features(images:torch.Tensor, # (N, 1, 16, 16) images in [-1, 1]
                        ) -> torch.Tensor: # (N, n_features) float32, on the device of `images`
     "The classifier's pooled features of `images`, the vectors FID compares."
     x = check_images(images)
+    check_number(batch_size, 'batch_size', 1, integer=True)
     net = _classifier(classifier, x.device)
     return torch.cat([net.features(x[i:i + batch_size]) for i in range(0, len(x), batch_size)])
 
@@ -197,9 +214,16 @@ def classifier_accuracy(images:torch.Tensor, # (N, 1, 16, 16) images in [-1, 1]
                        ) -> float: # fraction of images whose most likely class is their label
     "Accuracy of the classifier on `images`: how often they are recognised as `labels`."
     x = check_images(images)
-    labels = torch.as_tensor(labels, device=x.device).long()
-    if labels.shape != (len(x),): raise ValueError(f"labels must have shape ({len(x)},), one per image, got {tuple(labels.shape)}")
+    check_number(batch_size, 'batch_size', 1, integer=True)
+    labels = torch.as_tensor(labels, device=x.device)
+    if labels.shape != (len(x),):
+        raise ValueError(f"labels must have shape ({len(x)},), one per image, got {tuple(labels.shape)}")
     net = _classifier(classifier, x.device)
+    n = net.head.out_features if isinstance(getattr(net, 'head', None), nn.Linear) else None
+    if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool or labels.min() < 0 or (
+            n is not None and labels.max() >= n):
+        raise ValueError(f"labels must be integer classes in [0, {n}), got {labels.dtype} values from "
+                         f"{labels.min().item()} to {labels.max().item()}")
     pred = torch.cat([net(x[i:i + batch_size]).argmax(1) for i in range(0, len(x), batch_size)])
     return (pred == labels).float().mean().item()
 
@@ -209,18 +233,20 @@ _REF_STATS = {}
 def reference_stats(classifier:str='digits', # a key of `CLASSIFIERS`
                    ) -> tuple[torch.Tensor, torch.Tensor]: # mu (D,), sigma (D, D) float64
     "Feature statistics of the test split of the classifier's data set: FID's default reference."
+    _classifier_spec(classifier)                               # a name: a model has no data set of its own
     if classifier not in _REF_STATS:
         _REF_STATS[classifier] = feature_stats(classifier_features(classifier_data(classifier, 'test')[0], classifier))
     return _REF_STATS[classifier]
 
 def fid(fake_images:torch.Tensor, # (N, 1, 16, 16) generated images in [-1, 1]
-        real_images:torch.Tensor|None=None, # (M, 1, 16, 16) reference images; None: the test split of the classifier's data
+        real_images:torch.Tensor|None=None, # (M, 1, 16, 16) reference images; None: the test split of the data
         classifier='digits', # 'digits' or 'glyphs' (the shipped classifiers), or a `SmallCNN`
        ) -> float: # the squared Fréchet distance between the two sets' feature Gaussians
     "FID of `fake_images` against `real_images`, in the features of the course's classifier."
     s_fake = feature_stats(classifier_features(fake_images, classifier))
     if real_images is None:
-        if isinstance(classifier, nn.Module): raise ValueError("fid: pass real_images when the classifier is a model rather than a name")
+        if isinstance(classifier, nn.Module):
+            raise ValueError("fid: pass real_images when the classifier is a model rather than a name")
         s_real = reference_stats(classifier)
     else: s_real = feature_stats(classifier_features(real_images, classifier))
     return frechet_distance(*s_fake, *s_real)
@@ -233,7 +259,7 @@ def wasserstein_1d(px:torch.Tensor, # (P, N) P sets of 1-D samples
                    py:torch.Tensor, # (P, M) P sets of 1-D samples
                    p:float=2, # the order p of W_p
                   ) -> torch.Tensor: # (P,) W_p^p between each pair of empirical distributions
-    "Exact W_p^p between 1-D empirical distributions of any sizes, by integrating eq. (4) over the merged quantile grid."
+    "Exact W_p^p between 1-D empirical distributions of any sizes: eq. (4) integrated over the merged quantile grid."
     N, M = px.shape[-1], py.shape[-1]
     xs, ys = px.sort(-1).values, py.sort(-1).values
     levels = torch.cat([torch.arange(1, N + 1, dtype=px.dtype, device=px.device) / N,
@@ -250,8 +276,15 @@ def sliced_wasserstein(x:torch.Tensor, # (N, D) samples
                        generator:torch.Generator|None=None, # draws the directions (None: torch's global generator)
                       ) -> float: # SW_p(x, y), in the units of the data
     "Sliced Wasserstein distance of eq. (5) between two point clouds, with `n_proj` random directions."
+    if not (torch.is_tensor(x) and torch.is_tensor(y)):
+        raise TypeError(f"sliced_wasserstein wants x and y as tensors, got {type(x).__name__} and {type(y).__name__}")
     if x.ndim != 2 or y.ndim != 2 or x.shape[1] != y.shape[1] or len(x) < 1 or len(y) < 1:
-        raise ValueError(f"sliced_wasserstein wants x (N, D) and y (M, D) with the same D, got {tuple(x.shape)} and {tuple(y.shape)}")
+        raise ValueError(f"sliced_wasserstein wants x (N, D) and y (M, D) with the same D, N >= 1 and M >= 1, "
+                         f"got {tuple(x.shape)} and {tuple(y.shape)}")
+    if not (torch.isfinite(x).all() and torch.isfinite(y).all()):
+        raise ValueError("sliced_wasserstein: x or y contains NaN or inf values")
+    check_number(n_proj, 'n_proj', 1, integer=True)
+    check_number(p, 'p', 1)
     dtype = torch.float32 if x.device.type == 'mps' else torch.float64
     gdev = generator.device if generator is not None else x.device
     theta = torch.randn(n_proj, x.shape[1], generator=generator, device=gdev, dtype=dtype).to(x.device)   # (P, D)

@@ -4,7 +4,7 @@
 
 # %% ../nbs/02_schedules.ipynb #cb8fee1e
 from __future__ import annotations
-import math
+import math, numbers
 from dataclasses import dataclass
 
 import torch
@@ -56,22 +56,41 @@ def sigmoid_betas(T:int, # number of diffusion steps
 SCHEDULES = dict(linear=linear_betas, scaled_linear=scaled_linear_betas, cosine=cosine_betas, sigmoid=sigmoid_betas)
 
 # %% ../nbs/02_schedules.ipynb #d165f17b
-def _check_T(T):
-    if isinstance(T, bool) or not isinstance(T, int) and not (torch.is_tensor(T) and T.ndim == 0 and not T.is_floating_point()):
+def _desc(v) -> str:
+    "A value described for an error message: a tensor's shape and dtype, or the type (and value) of anything else."
+    if torch.is_tensor(v):
+        return f"a tensor of shape {tuple(v.shape)} and dtype {v.dtype}"
+    return f"{type(v).__name__} {v!r}" if isinstance(v, (bool, int, float, str)) else type(v).__name__
+
+def _is_int(v) -> bool:
+    "True for Python, numpy and 0-d torch integers; False for bools and everything else."
+    if torch.is_tensor(v):
+        return v.ndim == 0 and v.dtype in (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64)
+    return isinstance(v, numbers.Integral) and not isinstance(v, bool)
+
+def _check_T(T) -> int:
+    "`T` as an int, or a ValueError unless it is an integer >= 1."
+    if not _is_int(T):
         raise ValueError(f"T must be an integer number of diffusion steps >= 1, got {T!r}")
-    if int(T) < 1: raise ValueError(f"T must be >= 1 (the number of diffusion steps), got T={int(T)}")
+    if int(T) < 1:
+        raise ValueError(f"T must be >= 1 (the number of diffusion steps), got T={int(T)}")
     return int(T)
 
 def _check_betas(betas:torch.Tensor):
     "Raise a ValueError unless `betas` is a non-empty 1-D tensor with every value in (0, 1)."
-    if betas.ndim != 1 or len(betas) == 0: raise ValueError(f"betas must be a non-empty 1-D tensor (T,), got shape {tuple(betas.shape)}")
-    bad = ~((betas > 0) & (betas < 1))
+    if betas.ndim != 1 or len(betas) == 0:
+        raise ValueError(f"betas must be a non-empty 1-D tensor (T,), got shape {tuple(betas.shape)}")
+    bad = ~((betas > 0) & (betas < 1))                                   # NaN is bad too
     if bad.any():
         i = int(bad.nonzero()[0])
-        raise ValueError(f"betas must lie in (0, 1) (open interval); betas[{i}] = {betas[i].item()!r} ({int(bad.sum())} bad values)")
+        raise ValueError(f"betas must lie in (0, 1) (open interval); betas[{i}] = {betas[i].item()!r} "
+                         f"({int(bad.sum())} bad values)")
 
+
+# %% ../nbs/02_schedules.ipynb #35d94af4
 def _betas64(name:str, T:int, **kw) -> torch.Tensor:
-    if name not in SCHEDULES: raise ValueError(f"Unknown schedule {name!r}; known schedules: {sorted(SCHEDULES)}")
+    if not isinstance(name, str) or name not in SCHEDULES:
+        raise ValueError(f"Unknown schedule {name!r}; known schedules: {sorted(SCHEDULES)}")
     betas = SCHEDULES[name](_check_T(T), **kw)
     _check_betas(betas)
     return betas
@@ -82,6 +101,7 @@ def get_betas(name:str, # one of SCHEDULES: 'linear', 'scaled_linear', 'cosine',
              ) -> torch.Tensor: # (T,) float32 betas, computed in float64
     "The betas of schedule `name` with `T` steps, checked to lie in (0, 1)."
     return _betas64(name, T, **kw).float()
+
 
 # %% ../nbs/02_schedules.ipynb #192134a1
 def abar_to_sigma(abar:torch.Tensor) -> torch.Tensor:
@@ -164,44 +184,85 @@ class Schedule:
     def __repr__(self):
         return f"Schedule(T={self.T}, beta in [{self.betas.min().item():.3g}, {self.betas.max().item():.3g}], abar_T={self.abar[-1].item():.3g})"
 
+# %% ../nbs/02_schedules.ipynb #53acfe58
+def _check_schedule(schedule, what:str='schedule'):
+    "Raise a TypeError unless `schedule` is a `Schedule` (a common slip: passing its `abar` table instead)."
+    if not isinstance(schedule, Schedule):
+        raise TypeError(f"{what} must be a diffcourse.schedules.Schedule (e.g. Schedule.from_name('linear', T=1000)), "
+                        f"got {_desc(schedule)}")
+
+
 # %% ../nbs/02_schedules.ipynb #a7f7f398
 def _check_table(abar):
-    if abar.ndim != 1 or len(abar) < 2: raise ValueError(f"abar must be a 1-D table with at least 2 entries, got shape {tuple(abar.shape)}")
+    "Raise unless `abar` is a 1-D tensor of at least 2 entries: an alpha-bar table to interpolate."
+    if not torch.is_tensor(abar) or abar.ndim != 1 or len(abar) < 2:
+        raise ValueError(f"abar must be a 1-D table (schedule.abar) with at least 2 entries, got {_desc(abar)}")
 
 def t_to_logsnr(t:torch.Tensor, # fractional timesteps in [0, T-1]
                 abar:torch.Tensor, # (T,) the schedule's alpha-bar table
                ) -> torch.Tensor: # log SNR at t, interpolated linearly between integer steps
     "Log-SNR at (possibly fractional) timesteps `t`, by linear interpolation of the schedule's table."
     _check_table(abar)
-    t = torch.as_tensor(t, dtype=torch.float64, device=abar.device); T = len(abar)
-    if (t < 0).any() or (t > T - 1).any(): raise ValueError(f"t must lie in [0, {T-1}], got values in [{t.min().item()}, {t.max().item()}]")
+    t = torch.as_tensor(t, dtype=torch.float64, device=abar.device)
+    T = len(abar)
+    if not ((t >= 0) & (t <= T - 1)).all():                               # NaN fails this too
+        raise ValueError(f"t must lie in [0, {T-1}], got values in [{t.min().item()}, {t.max().item()}]")
     ls = abar_to_logsnr(abar.double())
-    lo = t.floor().clamp(max=T - 2).long(); w = t - lo
+    lo = t.floor().clamp(max=T - 2).long()
+    w = t - lo
     return ls[lo] * (1 - w) + ls[lo + 1] * w
 
-def logsnr_to_t(logsnr:torch.Tensor, # log-SNR values
+def logsnr_to_t(logsnr:torch.Tensor, # log-SNR values (+inf, sigma = 0, gives t = 0)
                 abar:torch.Tensor, # (T,) the schedule's alpha-bar table
                ) -> torch.Tensor: # fractional timesteps in [0, T-1] (clamped at the ends)
     "The fractional timestep with log-SNR `logsnr`, inverting `t_to_logsnr` (clamped to [0, T-1])."
     _check_table(abar)
     neg = -abar_to_logsnr(abar.double())                          # increasing in t
     q = -torch.as_tensor(logsnr, dtype=torch.float64, device=abar.device)
+    if q.isnan().any():
+        raise ValueError(f"logsnr must not be NaN, got {int(q.isnan().sum())} NaN values")
     i = torch.searchsorted(neg, q.contiguous()).clamp(1, len(abar) - 1)
     w = ((q - neg[i - 1]) / (neg[i] - neg[i - 1])).clamp(0, 1)
     return (i - 1) + w
 
-def t_to_sigma(t, abar): "EDM sigma at fractional timesteps `t`."; return logsnr_to_sigma(t_to_logsnr(t, abar))
-def sigma_to_t(sigma, abar): "The fractional timestep whose EDM sigma is `sigma`."; return logsnr_to_t(sigma_to_logsnr(torch.as_tensor(sigma, dtype=torch.float64)), abar)
+
+# %% ../nbs/02_schedules.ipynb #59042b5c
+def t_to_sigma(t, abar):
+    "EDM sigma at fractional timesteps `t`."
+    return logsnr_to_sigma(t_to_logsnr(t, abar))
+
+def sigma_to_t(sigma, abar):
+    "The fractional timestep whose EDM sigma is `sigma` (clamped to [0, T-1]: sigma = 0 gives t = 0)."
+    sigma = torch.as_tensor(sigma, dtype=torch.float64)
+    if not (sigma >= 0).all():                                             # NaN fails this too
+        raise ValueError(f"sigma must be a noise level >= 0, "
+                         f"got values in [{sigma.min().item()}, {sigma.max().item()}]")
+    return logsnr_to_t(sigma_to_logsnr(sigma), abar)
+
 
 # %% ../nbs/02_schedules.ipynb #742b666a
+def _check_data(x, name:str):
+    "Raise a TypeError unless `x` is a floating-point tensor (integer data would silently round every coefficient)."
+    if not torch.is_tensor(x) or not x.is_floating_point():
+        raise TypeError(f"{name} must be a floating-point tensor, got {_desc(x)}")
+
+def _check_1d(table, name:str):
+    "Raise a TypeError unless `table` is a non-empty 1-D tensor, one of the schedule's (T,) tables."
+    if not torch.is_tensor(table) or table.ndim != 1 or len(table) == 0:
+        raise TypeError(f"{name} must be the schedule's (T,) table `schedule.{name}`, got {_desc(table)}")
+
 def _as_timesteps(t, T:int, B:int, device) -> torch.Tensor:
     "`t` as a (B,) LongTensor on `device`, checked to lie in [0, T-1]."
     t = torch.as_tensor(t, device=device)
-    if t.is_floating_point() or t.is_complex(): raise ValueError(f"timesteps t must be integers (a LongTensor), got dtype {t.dtype}")
-    if t.ndim == 0: t = t.expand(B)
-    if t.shape != (B,): raise ValueError(f"timesteps t must have shape ({B},) to match the batch, got {tuple(t.shape)}")
+    if t.is_floating_point() or t.is_complex() or t.dtype == torch.bool:
+        raise ValueError(f"timesteps t must be integers (a LongTensor), got dtype {t.dtype}")
+    if t.ndim == 0:
+        t = t.expand(B)
+    if t.shape != (B,):
+        raise ValueError(f"timesteps t must have shape ({B},) to match the batch, got {tuple(t.shape)}")
     if len(t) and (t.min() < 0 or t.max() >= T):
-        raise ValueError(f"timesteps t must lie in [0, {T-1}] for a schedule of T={T} steps, got values in [{t.min().item()}, {t.max().item()}]")
+        raise ValueError(f"timesteps t must lie in [0, {T-1}] for a schedule of T={T} steps, "
+                         f"got values in [{t.min().item()}, {t.max().item()}]")
     return t.long()
 
 def q_sample(x0:torch.Tensor, # (B, ...) clean data
@@ -210,21 +271,32 @@ def q_sample(x0:torch.Tensor, # (B, ...) clean data
              abar:torch.Tensor, # (T,) the schedule's alpha-bar table
             ) -> torch.Tensor: # (B, ...) x_t
     "Sample x_t ~ q(x_t | x_0) in closed form: sqrt(abar_t) x0 + sqrt(1 - abar_t) eps (DDPM eq. 4)."
-    if eps.shape != x0.shape: raise ValueError(f"eps must have the shape of x0 {tuple(x0.shape)}, got {tuple(eps.shape)}")
+    _check_data(x0, 'x0')
+    _check_data(eps, 'eps')
+    _check_1d(abar, 'abar')
+    if eps.shape != x0.shape:
+        raise ValueError(f"eps must have the shape of x0 {tuple(x0.shape)}, got {tuple(eps.shape)}")
     t = _as_timesteps(t, len(abar), len(x0), x0.device)
     a = append_dims(abar.to(device=x0.device, dtype=x0.dtype)[t], x0.ndim)   # (B, 1, ...)
     return a.sqrt() * x0 + (1 - a).sqrt() * eps                              # eq. (4)
 
+
+# %% ../nbs/02_schedules.ipynb #4b4a556c
 def q_step(x_prev:torch.Tensor, # (B, ...) x_{t-1}
            t:torch.Tensor, # (B,) integer timesteps in [0, T-1] of the step to take
            eps:torch.Tensor, # (B, ...) standard normal noise
            betas:torch.Tensor, # (T,) the schedule's betas
           ) -> torch.Tensor: # (B, ...) x_t
     "One forward step x_t ~ q(x_t | x_{t-1}) = N(sqrt(1 - beta_t) x_{t-1}, beta_t I) (DDPM eq. 2)."
-    if eps.shape != x_prev.shape: raise ValueError(f"eps must have the shape of x_prev {tuple(x_prev.shape)}, got {tuple(eps.shape)}")
+    _check_data(x_prev, 'x_prev')
+    _check_data(eps, 'eps')
+    _check_1d(betas, 'betas')
+    if eps.shape != x_prev.shape:
+        raise ValueError(f"eps must have the shape of x_prev {tuple(x_prev.shape)}, got {tuple(eps.shape)}")
     t = _as_timesteps(t, len(betas), len(x_prev), x_prev.device)
     b = append_dims(betas.to(device=x_prev.device, dtype=x_prev.dtype)[t], x_prev.ndim)
     return (1 - b).sqrt() * x_prev + b.sqrt() * eps                          # eq. (2)
+
 
 # %% ../nbs/02_schedules.ipynb #9c576c55
 def leading_timesteps(num_steps:int, T:int, offset:int=0) -> torch.Tensor:
@@ -240,7 +312,8 @@ def linspace_timesteps(num_steps:int, T:int) -> torch.Tensor:
     "num_steps points evenly spaced on [0, T - 1], rounded, descending (diffusers 'linspace')."
     t = torch.arange(num_steps, dtype=torch.float64)
     if num_steps > 1:
-        t = t * ((T - 1) / (num_steps - 1)); t[-1] = T - 1   # i * step, last point exact, as numpy.linspace computes them
+        # i * step, last point exact, as numpy.linspace computes them
+        t = t * ((T - 1) / (num_steps - 1)); t[-1] = T - 1
     return t.round().long().flip(0)
 
 SPACINGS = dict(leading=leading_timesteps, trailing=trailing_timesteps, linspace=linspace_timesteps)
@@ -248,13 +321,18 @@ SPACINGS = dict(leading=leading_timesteps, trailing=trailing_timesteps, linspace
 def spaced_timesteps(num_steps:int, # how many sampling steps
                      T:int, # number of training timesteps
                      spacing:str='leading', # one of SPACINGS: 'leading', 'trailing', 'linspace'
-                     offset:int=0, # added to 'leading' timesteps (diffusers' steps_offset; ignored by the others, as there)
+                     offset:int=0, # added to 'leading' timesteps (diffusers' steps_offset; the others ignore it)
                     ) -> torch.Tensor: # (num_steps,) LongTensor, descending
     "The timesteps a sampler visits, as diffusers' DDPM/DDIM `set_timesteps` picks them."
-    if spacing not in SPACINGS: raise ValueError(f"Unknown spacing {spacing!r}; known spacings: {sorted(SPACINGS)}")
+    if not isinstance(spacing, str) or spacing not in SPACINGS:
+        raise ValueError(f"Unknown spacing {spacing!r}; known spacings: {sorted(SPACINGS)}")
     T = _check_T(T)
-    if isinstance(num_steps, bool) or not isinstance(num_steps, int) or not 1 <= num_steps <= T:
+    if not _is_int(num_steps) or not 1 <= num_steps <= T:
         raise ValueError(f"num_steps must be an integer in [1, T={T}], got {num_steps!r}")
+    if not _is_int(offset):
+        raise ValueError(f"offset must be an integer (diffusers' steps_offset), got {offset!r}")
+    num_steps, offset = int(num_steps), int(offset)
     ts = SPACINGS[spacing](num_steps, T, offset) if spacing == 'leading' else SPACINGS[spacing](num_steps, T)
-    if ts.min() < 0 or ts.max() >= T: raise ValueError(f"offset={offset} puts timesteps outside [0, {T-1}]: {ts.tolist()}")
+    if ts.min() < 0 or ts.max() >= T:
+        raise ValueError(f"offset={offset} puts timesteps outside [0, {T-1}]: {ts.tolist()}")
     return ts.long()

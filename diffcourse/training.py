@@ -4,7 +4,8 @@
 
 # %% ../nbs/04_ddpm.ipynb #68fee002
 from __future__ import annotations
-import copy, json, math, os
+import copy, functools, importlib, inspect, itertools, json, math, os
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -14,15 +15,16 @@ import torch.nn.functional as F
 import matplotlib.pyplot as plt
 from fastprogress import progress_bar
 
-from .core import save_safetensors, load_safetensors, weights_path
+from .core import (save_safetensors, load_safetensors, weights_path, check_number, check_writable,
+                             remove_stale_temps, ARCHITECTURES, register_architecture)
 from .schedules import Schedule, q_sample
 from .elbo import v_from_x0_eps
 
 # %% auto #0
-__all__ = ['OBJECTIVES', 'LR_SCHEDULES', 'CHECKPOINT_FORMAT', 'WEIGHTS_FORMAT', 'get_objective', 'ddpm_loss',
-           'timestep_embedding', 'ToyMLP', 'null_class_labels', 'lr_at', 'ema_update', 'check_state_dict',
-           'save_checkpoint', 'load_checkpoint', 'TrainState', 'plot_losses', 'train', 'save_pretrained',
-           'load_pretrained']
+__all__ = ['OBJECTIVES', 'LR_SCHEDULES', 'CHECKPOINT_FORMAT', 'WEIGHTS_FORMAT', 'ARCHITECTURE_MODULES', 'get_objective',
+           'ddpm_loss', 'timestep_embedding', 'check_x', 'check_x_t', 'ToyMLP', 'null_class_labels', 'lr_at',
+           'ema_update', 'check_state_dict', 'save_checkpoint', 'load_checkpoint', 'TrainState', 'plot_losses', 'train',
+           'save_pretrained', 'load_pretrained']
 
 # %% ../nbs/04_ddpm.ipynb #c50dda51
 OBJECTIVES = {  # what the network is trained to output, from (x0, eps, abar_t)
@@ -45,6 +47,9 @@ def ddpm_loss(model, # model(x_t, t, **cond) -> prediction
               generator:torch.Generator|None=None, # randomness for t and eps (None: torch's global generator)
               **cond): # conditioning passed to the model (class_labels=..., context=...)
     "The simple DDPM loss: MSE between the model output at a random (t, x_t) and the target of `objective`."
+    if not torch.is_tensor(x0) or not x0.is_floating_point() or x0.ndim < 1:
+        got = f'a {x0.dtype} tensor of shape {tuple(x0.shape)}' if torch.is_tensor(x0) else type(x0).__name__
+        raise TypeError(f"ddpm_loss wants x0 as a floating-point tensor (B, ...) of clean data, got {got}")
     target_fn = get_objective(objective)
     abar = schedule.abar.to(x0.device)
     gdev = generator.device if generator is not None else x0.device
@@ -64,17 +69,57 @@ def timestep_embedding(t:torch.Tensor, # (B,) times (integer steps or floats)
     emb = torch.cat([args.cos(), args.sin()], dim=-1)                        # (B, 2*half)
     return F.pad(emb, (0, dim % 2))                                          # (B, dim)
 
+# %% ../nbs/04_ddpm.ipynb #3c277e07
+def _autocast_on(device_type:str) -> bool:
+    "Whether autocast is on for `device_type` (then an x of another float dtype than the weights is fine)."
+    try:
+        return torch.is_autocast_enabled(device_type)
+    except TypeError:                                                     # torch < 2.4 takes no argument
+        return torch.is_autocast_enabled() if device_type == 'cuda' else torch.is_autocast_cpu_enabled()
+
+def check_x(x, # what the network got as x: (B, ...)
+            weight:torch.Tensor, # one of the network's parameters: x must have its dtype and device
+            what:str): # the network's name, for the messages
+    "Check the input `x` of a network's `forward`: a floating-point tensor (B, ...) of the weights' dtype and device."
+    if not torch.is_tensor(x) or not x.is_floating_point() or x.ndim < 2:
+        got = f'a {x.dtype} tensor of shape {tuple(x.shape)}' if torch.is_tensor(x) else type(x).__name__
+        raise TypeError(f"{what} wants x as a floating-point tensor (B, ...), got {got}")
+    if x.dtype != weight.dtype and not _autocast_on(x.device.type):
+        raise TypeError(f"{what} wants x of dtype {weight.dtype} (that of its weights), got {x.dtype}; "
+                        f"convert it with x.to({weight.dtype})")
+    if x.device != weight.device:
+        raise ValueError(f"{what} has its weights on {weight.device} but x is on {x.device}; move one of them")
+
+def check_x_t(x, # what the network got as x: (B, ...)
+              t, # what it got as t: one time for the batch, or (B,)
+              weight:torch.Tensor, # one of the network's parameters: x must have its dtype and device
+              what:str): # the network's name, for the messages
+    "Check the inputs of a network's `forward(x, t)`: `check_x`, and t one time for the batch or one per sample."
+    check_x(x, weight, what)
+    try:
+        tt = torch.as_tensor(t)
+    except (TypeError, ValueError, RuntimeError):
+        raise TypeError(f"{what} wants t as a number or a tensor, got {type(t).__name__}") from None
+    if tuple(tt.shape) not in ((), (1,), (len(x),)) or tt.dtype == torch.bool or tt.is_complex():
+        raise ValueError(f"{what} wants t as one time for the batch or a (B,) tensor of times with B = {len(x)}, "
+                         f"got a {tt.dtype} of shape {tuple(tt.shape)}")
+
 # %% ../nbs/04_ddpm.ipynb #a79e7283
+@register_architecture
 class ToyMLP(nn.Module):
     "A residual MLP for flat data: `forward(x, t) -> x`-shaped prediction; x is (B, dim) or (B, ...) with dim features."
     def __init__(self, dim:int=2, # number of features (2 for the 2-D toys, 256 for flattened 16x16 digits)
                  hidden:int=128, # width
                  depth:int=3, # residual blocks
                  temb_dim:int=32, # size of the sinusoidal time embedding
-                 num_classes:int|None=None): # if set, `class_labels` condition the model (index `num_classes` = no class)
+                 num_classes:int|None=None): # if set, `class_labels` condition it (index `num_classes` = no class)
         super().__init__()
+        for name, v, lo in (('dim', dim, 1), ('hidden', hidden, 1), ('depth', depth, 0), ('temb_dim', temb_dim, 2)):
+            check_number(v, f'ToyMLP: {name}', lo, integer=True)
+        if num_classes is not None:
+            check_number(num_classes, 'ToyMLP: num_classes', 1, integer=True)
         self.config = dict(dim=dim, hidden=hidden, depth=depth, temb_dim=temb_dim, num_classes=num_classes)
-        self.temb_dim, self.num_classes = temb_dim, num_classes
+        self.dim, self.temb_dim, self.num_classes = dim, temb_dim, num_classes
         self.inp = nn.Linear(dim, hidden)
         self.temb = nn.Sequential(nn.Linear(temb_dim, hidden), nn.SiLU(), nn.Linear(hidden, hidden))
         self.cemb = nn.Embedding(num_classes + 1, hidden) if num_classes else None
@@ -83,19 +128,37 @@ class ToyMLP(nn.Module):
         self.out = nn.Sequential(nn.LayerNorm(hidden), nn.SiLU(), nn.Linear(hidden, dim))
 
     def forward(self, x, t, class_labels=None):
+        check_x_t(x, t, self.inp.weight, 'ToyMLP')
         B = x.shape[0]
+        if math.prod(x.shape[1:]) != self.dim:
+            raise ValueError(f"ToyMLP(dim={self.dim}) wants x of shape (B, {self.dim}), or (B, ...) with {self.dim} "
+                             f"features, got {tuple(x.shape)}")
+        if class_labels is not None and self.cemb is None:
+            raise ValueError("ToyMLP got class_labels but was built with num_classes=None")
         t = torch.as_tensor(t, device=x.device).expand(B)                     # scalar or (B,) -> (B,)
         c = self.temb(timestep_embedding(t, self.temb_dim))                  # (B, hidden)
-        if self.cemb is not None: c = c + self.cemb(null_class_labels(class_labels, B, self.num_classes, x.device))
+        if self.cemb is not None:
+            c = c + self.cemb(null_class_labels(class_labels, B, self.num_classes, x.device))
         h = self.inp(x.reshape(B, -1)) + c                                    # (B, hidden)
-        for blk in self.blocks: h = h + blk(h)
+        for blk in self.blocks:
+            h = h + blk(h)
         return self.out(h).view_as(x)
 
-def null_class_labels(class_labels, # (B,) int labels, or None for "no class"
-                      B:int, num_classes:int, device):
+# %% ../nbs/04_ddpm.ipynb #03820e98
+def null_class_labels(class_labels, # (B,) int labels, one for the whole batch, or None for "no class"
+                      B:int, # the batch size
+                      num_classes:int, # the labels are 0..num_classes-1; `num_classes` itself is the null class
+                      device): # where the labels go
     "Labels for a class embedding with a null class: None -> all `num_classes` (the unconditional index)."
-    if class_labels is None: return torch.full((B,), num_classes, dtype=torch.long, device=device)
-    class_labels = torch.as_tensor(class_labels, device=device).long().expand(B)
+    if class_labels is None:
+        return torch.full((B,), num_classes, dtype=torch.long, device=device)
+    class_labels = torch.as_tensor(class_labels, device=device)
+    if class_labels.is_floating_point() or class_labels.is_complex() or class_labels.dtype == torch.bool:
+        raise TypeError(f"class_labels must be integers, got {class_labels.dtype}")
+    if tuple(class_labels.shape) not in ((), (1,), (B,)):
+        raise ValueError(f"class_labels must be one label for the batch or one per sample, (B,) with B = {B}, "
+                         f"got shape {tuple(class_labels.shape)}")
+    class_labels = class_labels.long().expand(B)
     if class_labels.min() < 0 or class_labels.max() > num_classes:
         raise ValueError(f"class_labels must lie in [0, {num_classes}] ({num_classes} = no class), got values "
                          f"from {class_labels.min().item()} to {class_labels.max().item()}")
@@ -129,6 +192,10 @@ def ema_update(ema:nn.Module, # the running average, updated in place
 # %% ../nbs/04_ddpm.ipynb #47f1f011
 def _arch(model): return f'{type(model).__module__}.{type(model).__qualname__}'
 
+def _arch_name(model) -> str|None:
+    "The name the class of `model` is registered under in `ARCHITECTURES`, or None."
+    return next((k for k, c in ARCHITECTURES.items() if c is type(model)), None)
+
 def check_state_dict(model:nn.Module, # the model the tensors are meant for
                      sd:dict, # name -> tensor
                      source:str='checkpoint', # where `sd` came from, for the error message
@@ -138,13 +205,17 @@ def check_state_dict(model:nn.Module, # the model the tensors are meant for
     want = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     have = {k: tuple(v.shape) for k, v in sd.items()}
     missing, unexpected = sorted(set(want) - set(have)), sorted(set(have) - set(want))
-    wrong = [f"{k}: {have[k]} in the file, {want[k]} in the model" for k in sorted(set(want) & set(have)) if want[k] != have[k]]
-    if not (missing or unexpected or wrong): return
-    msg = [f"{source} does not fit the model {_arch(model)}" + (f" (it was saved from {arch})" if arch and arch != _arch(model) else '')]
-    if missing: msg.append(f"missing keys ({len(missing)}): {missing[:5]}")
-    if unexpected: msg.append(f"unexpected keys ({len(unexpected)}): {unexpected[:5]}")
-    if wrong: msg.append(f"shape mismatches ({len(wrong)}): {wrong[:3]}")
-    if config is not None and config != getattr(model, 'config', config): msg.append(f"the file's config is {config}, the model's is {model.config}")
+    wrong = [f"{k}: {have[k]} in the file, {want[k]} in the model" for k in sorted(set(want) & set(have))
+             if want[k] != have[k]]
+    if not (missing or unexpected or wrong):
+        return
+    saved_from = f" (it was saved from {arch})" if arch and arch not in (_arch(model), _arch_name(model)) else ''
+    msg = [f"{source} does not fit the model {_arch(model)}{saved_from}"]
+    msg += [f"missing keys ({len(missing)}): {missing[:5]}"] * bool(missing)
+    msg += [f"unexpected keys ({len(unexpected)}): {unexpected[:5]}"] * bool(unexpected)
+    msg += [f"shape mismatches ({len(wrong)}): {wrong[:3]}"] * bool(wrong)
+    if config is not None and config != getattr(model, 'config', config):
+        msg.append(f"the file's config is {config}, the model's is {model.config}")
     raise ValueError('; '.join(msg))
 
 def _with_prefix(tensors, prefix): return {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
@@ -163,45 +234,106 @@ def save_checkpoint(path, # the .safetensors file to write (atomically: the old 
                     **info): # JSON-able run state stored in the metadata (step, epoch, ...)
     "Write a training checkpoint to one safetensors file, atomically."
     tensors = {f'model.{k}': v.clone() for k, v in model.state_dict().items()}
-    if ema is not None: tensors.update({f'ema.{k}': v.clone() for k, v in ema.state_dict().items()})
-    meta = {'format': CHECKPOINT_FORMAT, 'arch': _arch(model), 'config': json.dumps(getattr(model, 'config', None)),
-            'info': json.dumps(info)}
+    if ema is not None:
+        tensors.update({f'ema.{k}': v.clone() for k, v in ema.state_dict().items()})
+    meta = {'format': CHECKPOINT_FORMAT, 'arch': _arch_name(model) or _arch(model),
+            'config': json.dumps(getattr(model, 'config', None)), 'info': json.dumps(info)}
     if optimizer is not None:
         sd, scalars = optimizer.state_dict(), {}
         for i, st in sd['state'].items():
             for k, v in st.items():
-                if torch.is_tensor(v): tensors[f'optim.{i}.{k}'] = v
-                else: scalars[f'{i}.{k}'] = v
-        meta.update(optimizer=_opt_name(optimizer), optim_groups=json.dumps(sd['param_groups']), optim_scalars=json.dumps(scalars))
-    if losses is not None: tensors['losses'] = torch.tensor(losses, dtype=torch.float32)
-    for k, v in (rng or {}).items(): tensors[f'rng.{k}'] = v
+                if torch.is_tensor(v):
+                    tensors[f'optim.{i}.{k}'] = v
+                else:
+                    scalars[f'{i}.{k}'] = v
+        meta.update(optimizer=_opt_name(optimizer), optim_groups=json.dumps(sd['param_groups']),
+                    optim_scalars=json.dumps(scalars))
+    if losses is not None:
+        tensors['losses'] = torch.tensor(losses, dtype=torch.float32)
+    for k, v in (rng or {}).items():
+        tensors[f'rng.{k}'] = v
     return save_safetensors(tensors, path, metadata=meta)
 
+# %% ../nbs/04_ddpm.ipynb #9d4116a1
+_JSON_KINDS = {dict: 'a JSON object', list: 'a JSON list', type(None): 'null'}
+
+def _meta_json(meta:dict, # a file's metadata: name -> string
+               key:str, # the entry to read
+               source:str, # the file, for the messages
+               kinds:tuple=(dict,), # the JSON types that are valid, from `_JSON_KINDS`
+               default=KeyError): # returned when the entry is missing (KeyError: it must be there)
+    "The metadata entry `key` parsed as JSON, or an error naming the file, the entry and what it should be."
+    if key not in meta:
+        if default is KeyError:
+            raise ValueError(f"{source} has no {key!r} entry in its metadata")
+        return default
+    want = ' or '.join(_JSON_KINDS[k] for k in kinds)
+    try:
+        value = json.loads(meta[key])
+    except ValueError:
+        raise ValueError(f"{source}: its metadata {key!r} must be {want}, got text that is not JSON: "
+                         f"{meta[key][:100]!r}") from None
+    if not isinstance(value, kinds):
+        raise ValueError(f"{source}: its metadata {key!r} must be {want}, got {meta[key][:100]!r}")
+    return value
+
+# %% ../nbs/04_ddpm.ipynb #be28acc2
+_PER_PARAM = ('exp_avg', 'exp_avg_sq', 'max_exp_avg_sq', 'momentum_buffer')   # optimizer states shaped like a parameter
+
+def _optimizer_state(tensors:dict, meta:dict, optimizer, source:str) -> dict:
+    "The optimizer state dict a checkpoint holds, checked against `optimizer` before anything is loaded."
+    if 'optim_groups' not in meta:
+        raise ValueError(f"{source} holds no optimizer state (it was saved without one)")
+    if meta.get('optimizer') != _opt_name(optimizer):
+        raise ValueError(f"{source} holds a {meta.get('optimizer')} state, but the optimizer is a "
+                         f"{_opt_name(optimizer)}")
+    groups = _meta_json(meta, 'optim_groups', source, (list,))
+    sizes = [len(g['params']) if isinstance(g, dict) and isinstance(g.get('params'), list) else None for g in groups]
+    if sizes != [len(g['params']) for g in optimizer.param_groups]:
+        raise ValueError(f"{source}: its optimizer has parameter groups of sizes {sizes}, this one "
+                         f"{[len(g['params']) for g in optimizer.param_groups]}")
+    params = {i: p for g, og in zip(groups, optimizer.param_groups) for i, p in zip(g['params'], og['params'])}
+    state = {}
+    for k, v in [*_with_prefix(tensors, 'optim.').items(), *_meta_json(meta, 'optim_scalars', source).items()]:
+        i, _, name = k.partition('.')
+        if not i.isdigit() or int(i) not in params or not name:
+            raise ValueError(f"{source}: its optimizer state has an entry {k!r} for no parameter of the optimizer")
+        if name in _PER_PARAM and (not torch.is_tensor(v) or v.shape != params[int(i)].shape):
+            raise ValueError(f"{source}: its optimizer state {k!r} has shape {tuple(getattr(v, 'shape', ()))}, "
+                             f"the parameter {tuple(params[int(i)].shape)}")
+        state.setdefault(int(i), {})[name] = v
+    return {'state': state, 'param_groups': groups}
+
+# %% ../nbs/04_ddpm.ipynb #1d14d1b3
 def load_checkpoint(path, # a file written by `save_checkpoint`
                     model:nn.Module, # loaded in place; must have the same architecture
                     optimizer:torch.optim.Optimizer|None=None, # loaded in place if given
                     ema:nn.Module|None=None): # loaded in place if given
-    "Load a checkpoint into `model` (and optimizer, EMA); returns its info dict with 'losses' and 'rng'."
+    "Check a whole checkpoint, then load it into `model` (and optimizer, EMA); returns its info, 'losses' and 'rng'."
     tensors, meta = load_safetensors(path)
+    src = f"checkpoint {str(path)!r}"
     if meta.get('format') != CHECKPOINT_FORMAT:
         raise ValueError(f"{str(path)!r} is not a diffcourse checkpoint: expected metadata format "
                          f"{CHECKPOINT_FORMAT!r}, got {meta.get('format')!r}")
-    sd = _with_prefix(tensors, 'model.')
-    check_state_dict(model, sd, f"checkpoint {str(path)!r}", meta.get('arch'), json.loads(meta.get('config', 'null')))
-    model.load_state_dict(sd)
-    if ema is not None and any(k.startswith('ema.') for k in tensors): ema.load_state_dict(_with_prefix(tensors, 'ema.'))
-    if optimizer is not None and 'optim_groups' in meta:
-        if meta['optimizer'] != _opt_name(optimizer):
-            raise ValueError(f"checkpoint {str(path)!r} holds a {meta['optimizer']} state, but the optimizer is a {_opt_name(optimizer)}")
-        state = {}
-        for k, v in _with_prefix(tensors, 'optim.').items():
-            i, name = k.split('.', 1); state.setdefault(int(i), {})[name] = v
-        for k, v in json.loads(meta['optim_scalars']).items():
-            i, name = k.split('.', 1); state.setdefault(int(i), {})[name] = v
-        optimizer.load_state_dict({'state': state, 'param_groups': json.loads(meta['optim_groups'])})
-    info = json.loads(meta['info'])
+    info = _meta_json(meta, 'info', src)
+    sd, ema_sd, rng = _with_prefix(tensors, 'model.'), _with_prefix(tensors, 'ema.'), _with_prefix(tensors, 'rng.')
+    check_state_dict(model, sd, src, meta.get('arch'), _meta_json(meta, 'config', src, (dict, type(None)), None))
+    if ema is not None and not ema_sd:
+        raise ValueError(f"{src} holds no EMA weights (its run had ema_decay=0), but an EMA model was given to load")
+    if ema is not None:
+        check_state_dict(ema, ema_sd, f"the EMA weights of {src}")
+    opt_state = _optimizer_state(tensors, meta, optimizer, src) if optimizer is not None else None
+    bad = [f'rng.{k}' for k, v in rng.items() if v.dtype != torch.uint8 or v.ndim != 2]
+    bad += ['losses'] * ('losses' in tensors and tensors['losses'].ndim != 1)
+    if bad:
+        raise ValueError(f"{src}: these tensors are not what save_checkpoint writes: {bad}")
+    model.load_state_dict(sd)                                                   # everything checked: now load
+    if ema is not None:
+        ema.load_state_dict(ema_sd)
+    if opt_state is not None:
+        optimizer.load_state_dict(opt_state)
     info['losses'] = tensors['losses'].tolist() if 'losses' in tensors else []
-    info['rng'] = _with_prefix(tensors, 'rng.')
+    info['rng'] = rng
     return info
 
 # %% ../nbs/04_ddpm.ipynb #8f96a70c
@@ -239,133 +371,287 @@ def plot_losses(losses:list, # loss per step
     return ax
 
 # %% ../nbs/04_ddpm.ipynb #2a2b6059
-def _rng_states(accelerator):
-    "This process's RNG states, gathered from every process: name -> (world, N) uint8."
+def _rng_states(accelerator, generator=None):
+    "This process's RNG states (and `generator`'s), gathered from every process: name -> (world, N) uint8."
     states = {'cpu': torch.get_rng_state()}
-    if accelerator.device.type == 'cuda': states['cuda'] = torch.cuda.get_rng_state(accelerator.device)
+    if accelerator.device.type == 'cuda':
+        states['cuda'] = torch.cuda.get_rng_state(accelerator.device)
+    if generator is not None:
+        states['generator'] = generator.get_state()
     return {k: accelerator.gather(v[None].to(accelerator.device)).cpu() for k, v in states.items()}
 
-def _set_rng_states(rng, accelerator, seed):
+def _set_rng_states(rng, accelerator, seed, generator=None):
     "Restore this process's row of `rng`, or seed afresh (seed + process index) when there is none for it."
     rank, world = accelerator.process_index, accelerator.num_processes
-    if 'cpu' in rng and rng['cpu'].shape[0] == world:
-        torch.set_rng_state(rng['cpu'][rank])
-        if 'cuda' in rng and accelerator.device.type == 'cuda': torch.cuda.set_rng_state(rng['cuda'][rank], accelerator.device)
-    else: torch.manual_seed(seed + rank)
+    if 'cpu' not in rng or rng['cpu'].shape[0] != world:
+        torch.manual_seed(seed + rank)
+        return
+    torch.set_rng_state(rng['cpu'][rank])
+    if 'cuda' in rng and accelerator.device.type == 'cuda':
+        torch.cuda.set_rng_state(rng['cuda'][rank], accelerator.device)
+    if generator is not None:
+        generator.set_state(rng['generator'][rank])
+
+# %% ../nbs/04_ddpm.ipynb #2f8770ae
+def _held_generators(fn) -> list:
+    "The torch.Generators `fn` visibly holds: in its closure, defaults, the globals it names, a partial's arguments."
+    if isinstance(fn, functools.partial):
+        held = [*fn.args, *fn.keywords.values()]
+        return [v for v in held if isinstance(v, torch.Generator)] + _held_generators(fn.func)
+    held = [*(getattr(fn, '__defaults__', None) or ()), *(getattr(fn, '__kwdefaults__', None) or {}).values()]
+    for cell in getattr(fn, '__closure__', None) or ():
+        try:
+            held.append(cell.cell_contents)
+        except ValueError:                                                   # a cell not filled yet
+            pass
+    names, glob = getattr(getattr(fn, '__code__', None), 'co_names', ()), getattr(fn, '__globals__', {})
+    held += [glob[n] for n in names if n in glob]
+    return [v for v in held if isinstance(v, torch.Generator)]
+
+# %% ../nbs/04_ddpm.ipynb #79c0a3fd
+def _check_train_args(model, loss_fn, dl, steps, lr, lr_schedule, warmup, weight_decay, clip, ema_decay, ckpt,
+                      ckpt_every, seed, generator, callback):
+    "Check the arguments of `train` before anything runs: each error names the argument, its value and what is valid."
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"train wants model as an nn.Module, got {type(model).__name__}")
+    if not callable(loss_fn) or (callback is not None and not callable(callback)):
+        raise TypeError(f"train wants loss_fn (and callback, if given) to be functions, got {loss_fn!r} and "
+                        f"{callback!r}")
+    if isinstance(dl, Iterator) or not hasattr(dl, '__len__'):
+        raise TypeError(f"train wants dl as a DataLoader or a list of batches (re-iterable, with a length), "
+                        f"got {type(dl).__name__}")
+    check_number(steps, 'steps', 1, integer=True)
+    check_number(lr, 'lr', 0, lo_open=True)
+    _pick(LR_SCHEDULES, lr_schedule, 'lr_schedule')
+    check_number(warmup, 'warmup', 0, integer=True)
+    check_number(weight_decay, 'weight_decay', 0)
+    if clip is not None:
+        check_number(clip, 'clip (None: no clipping)', 0, lo_open=True)
+    check_number(ema_decay, 'ema_decay', 0, 1, hi_open=True)
+    if ckpt_every is not None:
+        check_number(ckpt_every, 'ckpt_every', 1, integer=True)
+    check_number(seed, 'seed', 0, integer=True)
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise TypeError(f"train wants generator as a torch.Generator or None, got {type(generator).__name__}")
+    if ckpt is not None:
+        check_writable(ckpt, 'ckpt')
+    if ckpt is not None and any(g is not generator for g in _held_generators(loss_fn)):
+        raise ValueError("train: loss_fn draws from a torch.Generator that train was not given, so a run resumed from "
+                         "ckpt would draw other numbers; pass it as train(..., generator=g) and its state is saved "
+                         "and restored with the checkpoint")
+
+# %% ../nbs/04_ddpm.ipynb #11815496
+def _setup(model, dl, lr, weight_decay, ema_decay, seed, optimizer, accelerator):
+    "Hand model, optimizer and data to Accelerate; make the run's state, with an EMA copy unless ema_decay is 0."
+    from accelerate import Accelerator, DataLoaderConfiguration
+    if accelerator is None:
+        config = DataLoaderConfiguration(use_seedable_sampler=True, data_seed=seed)
+        accelerator = Accelerator(rng_types=[], dataloader_config=config)
+    if optimizer is None:
+        optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay, foreach=True)
+    is_dl = isinstance(dl, torch.utils.data.DataLoader)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    if is_dl:
+        dl = accelerator.prepare(dl)
+    if len(dl) == 0:
+        raise ValueError("train: the data loader yields no batches (is the dataset smaller than one batch with "
+                         "drop_last=True?)")
+    net = accelerator.unwrap_model(model)
+    ema = copy.deepcopy(net).requires_grad_(False).eval() if ema_decay else None
+    model.train()
+    return TrainState(net, ema, optimizer, accelerator=accelerator), model, dl, is_dl
+
+def _resume(state:TrainState, ckpt, resume:bool, generator, seed:int):
+    "Continue the run saved in `ckpt` if there is one: weights, optimizer, EMA, place in the data, RNG states."
+    if ckpt is not None:
+        remove_stale_temps(ckpt)                                   # what a run killed mid-save left behind
+    if ckpt is None or not resume or not Path(ckpt).exists():
+        return _set_rng_states({}, state.accelerator, seed)
+    info = load_checkpoint(ckpt, state.model, state.optimizer, state.ema)
+    src = f"checkpoint {str(ckpt)!r}"
+    for k in ('step', 'epoch', 'batch'):
+        check_number(info.get(k), f"{src}: its info {k!r}", 0, integer=True)
+    if ('generator' in info['rng']) != (generator is not None):
+        raise ValueError(f"{src} was written by a run {'with' if generator is None else 'without'} a loss generator "
+                         f"(train(..., generator=g)); resume it the same way, or pass resume=False to start afresh")
+    state.step, state.epoch, state.batch, state.losses = info['step'], info['epoch'], info['batch'], info['losses']
+    _set_rng_states(info['rng'], state.accelerator, seed, generator)
+
+# %% ../nbs/04_ddpm.ipynb #925cfe5b
+def _epoch_batches(dl, state:TrainState, is_dl:bool):
+    "An iterator over the rest of the current epoch, in the same order as an uninterrupted run."
+    if hasattr(dl, 'set_epoch'):
+        dl.set_epoch(state.epoch)
+    if not state.batch:
+        return iter(dl)
+    if is_dl:
+        return iter(state.accelerator.skip_first_batches(dl, state.batch))
+    return itertools.islice(iter(dl), state.batch, None)
+
+def _next_batch(batches, dl, state:TrainState, is_dl:bool) -> tuple:
+    "(the next batch, the iterator it came from), starting the next epoch when this one is done."
+    with torch.random.fork_rng(devices=[]):  # data loading must not move the RNG stream the loss draws from
+        try:
+            batch = next(batches)
+        except StopIteration:
+            state.epoch, state.batch = state.epoch + 1, 0
+            batches = _epoch_batches(dl, state, is_dl)
+            batch = next(batches)
+    state.batch += 1
+    return batch, batches
+
+# %% ../nbs/04_ddpm.ipynb #c9265fd0
+def _train_step(state:TrainState, model, loss_fn, batch, lr:float, clip, ema_decay:float) -> float:
+    "One optimizer step on `batch` at learning rate `lr`, then the EMA; returns the loss averaged over processes."
+    acc, opt = state.accelerator, state.optimizer
+    for g in opt.param_groups:
+        g['lr'] = lr
+    loss = loss_fn(model, batch)
+    if not torch.is_tensor(loss) or loss.numel() != 1:
+        shape = f" of shape {tuple(loss.shape)}" if torch.is_tensor(loss) else ''
+        raise TypeError(f"loss_fn must return a scalar tensor, got a {type(loss).__name__}{shape}")
+    loss_val = acc.reduce(loss.detach().float(), 'mean').item()  # the same on every process
+    if not math.isfinite(loss_val):
+        raise FloatingPointError(f"Loss is {loss_val} at step {state.step} (lr={lr:.3g}, last finite loss "
+                                 f"{state.loss:.4g}): training stopped. Lower the learning rate, keep gradient "
+                                 f"clipping on (clip={clip}), or check the batch for NaN/inf values.")
+    opt.zero_grad(set_to_none=True)
+    acc.backward(loss.reshape(()))
+    if clip:
+        acc.clip_grad_norm_(model.parameters(), clip)
+    opt.step()
+    state.step += 1
+    state.losses.append(loss_val)
+    if state.ema is not None:
+        ema_update(state.ema, state.model, min(ema_decay, (1 + state.step) / (10 + state.step)))
+    return loss_val
+
+def _save(state:TrainState, ckpt, generator) -> int:
+    "Write the run's checkpoint from the main process (every process takes part in gathering the RNG states)."
+    acc = state.accelerator
+    rng = _rng_states(acc, generator)
+    if acc.is_main_process:
+        save_checkpoint(ckpt, state.model, state.optimizer, state.ema, state.losses, rng, step=state.step,
+                        epoch=state.epoch, batch=state.batch)
+    acc.wait_for_everyone()
+    return state.step
 
 # %% ../nbs/04_ddpm.ipynb #cdc68e2e
 def train(model:nn.Module, # any model; `loss_fn` decides how it is called
           loss_fn, # loss_fn(model, batch) -> scalar tensor
-          dl, # a DataLoader (or any re-iterable of batches); it is cycled for `steps` steps
+          dl, # a DataLoader (or a list of batches); it is cycled for `steps` steps
           steps:int, # total optimizer steps of the run (a resumed run counts the steps already done)
           lr:float=1e-3, # peak learning rate
-          *,
-          lr_schedule:str='cosine', # 'cosine', 'linear' or 'constant' decay after warm-up
+          *, lr_schedule:str='cosine', # 'cosine', 'linear' or 'constant' decay after warm-up
           warmup:int=0, # linear warm-up steps
           weight_decay:float=0., # AdamW weight decay
           clip:float|None=1., # clip the gradient norm to this (None: no clipping)
-          ema_decay:float=0.999, # EMA of the weights (0: keep none)
+          ema_decay:float=0.999, # EMA of the weights, in [0, 1) (0: keep none)
           ckpt=None, # path of the checkpoint file; written every `ckpt_every` steps and at the end
           ckpt_every:int|None=None, # steps between checkpoints (None: only at the end)
           resume:bool=True, # continue from `ckpt` if it exists
           seed:int=0, # seeds torch's global generator (per process) and the data order
+          generator:torch.Generator|None=None, # the generator `loss_fn` draws from, if any: checkpointed with the run
           callback=None, # callback(state) after every step; return True to stop
           progress:bool=True, # show a progress bar with the live loss
           optimizer:torch.optim.Optimizer|None=None, # default: AdamW(lr, weight_decay)
           accelerator=None, # an `accelerate.Accelerator`; default: a new one (CPU, GPU or `accelerate launch`)
          ) -> TrainState:
     "Train `model` to minimise `loss_fn` over batches of `dl` with AdamW, LR schedule, clipping, EMA and checkpoints."
-    from accelerate import Accelerator, DataLoaderConfiguration
-    if accelerator is None:
-        accelerator = Accelerator(rng_types=[], dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=seed))
-    if optimizer is None: optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay, foreach=True)
-    is_dl = isinstance(dl, torch.utils.data.DataLoader)
-    model, optimizer = accelerator.prepare(model, optimizer)
-    if is_dl: dl = accelerator.prepare(dl)
-    if len(dl) == 0: raise ValueError("train: the data loader yields no batches (is the dataset smaller than one batch with drop_last=True?)")
-    net = accelerator.unwrap_model(model)
-    ema = copy.deepcopy(net).requires_grad_(False).eval() if ema_decay else None
-    state = TrainState(net, ema, optimizer, accelerator=accelerator)
-    rng = {}
-    if ckpt is not None and resume and Path(ckpt).exists():
-        info = load_checkpoint(ckpt, net, optimizer, ema)
-        state.step, state.epoch, state.batch, state.losses = info['step'], info['epoch'], info['batch'], info['losses']
-        rng = info['rng']
-    _set_rng_states(rng, accelerator, seed)
-
-    def save():
-        rng = _rng_states(accelerator)  # every process takes part in the gather
-        if accelerator.is_main_process:
-            save_checkpoint(ckpt, net, optimizer, ema, state.losses, rng, step=state.step, epoch=state.epoch, batch=state.batch)
-        accelerator.wait_for_everyone()
-
-    def epoch_batches():
-        "An iterator over the rest of the current epoch, in the same order as an uninterrupted run."
-        if hasattr(dl, 'set_epoch'): dl.set_epoch(state.epoch)
-        if not state.batch: return iter(dl)
-        if is_dl: return iter(accelerator.skip_first_batches(dl, state.batch))
-        import itertools; return itertools.islice(iter(dl), state.batch, None)
-
-    batches, saved_at = epoch_batches(), state.step
-    pb = progress_bar(range(state.step, steps), total=steps - state.step, display=progress and accelerator.is_main_process)
-    model.train()
+    _check_train_args(model, loss_fn, dl, steps, lr, lr_schedule, warmup, weight_decay, clip, ema_decay, ckpt,
+                      ckpt_every, seed, generator, callback)
+    state, model, dl, is_dl = _setup(model, dl, lr, weight_decay, ema_decay, seed, optimizer, accelerator)
+    _resume(state, ckpt, resume, generator, seed)
+    batches, saved_at = _epoch_batches(dl, state, is_dl), state.step
+    pb = progress_bar(range(state.step, steps), display=progress and state.accelerator.is_main_process)
     for _ in pb:
-        with torch.random.fork_rng(devices=[]):  # data loading must not move the RNG stream the loss draws from
-            try: batch = next(batches)
-            except StopIteration:
-                state.epoch, state.batch = state.epoch + 1, 0
-                batches = epoch_batches(); batch = next(batches)
-        state.batch += 1
+        batch, batches = _next_batch(batches, dl, state, is_dl)
         lr_now = lr_at(state.step, steps, lr, lr_schedule, warmup)
-        for g in optimizer.param_groups: g['lr'] = lr_now
-        loss = loss_fn(model, batch)
-        loss_val = accelerator.reduce(loss.detach().float(), 'mean').item()  # the same on every process
-        if not math.isfinite(loss_val):
-            raise FloatingPointError(f"Loss is {loss_val} at step {state.step} (lr={lr_now:.3g}, last finite loss "
-                                     f"{state.loss:.4g}): training stopped. Lower the learning rate, keep gradient "
-                                     f"clipping on (clip={clip}), or check the batch for NaN/inf values.")
-        optimizer.zero_grad(set_to_none=True)
-        accelerator.backward(loss)
-        if clip: accelerator.clip_grad_norm_(model.parameters(), clip)
-        optimizer.step()
-        state.step += 1; state.losses.append(loss_val)
-        if ema is not None: ema_update(ema, net, min(ema_decay, (1 + state.step) / (10 + state.step)))
-        pb.comment = f'loss {loss_val:.4f}'
-        if ckpt is not None and ckpt_every and state.step % ckpt_every == 0: save(); saved_at = state.step
-        if callback is not None and callback(state): break
-    if ckpt is not None and saved_at != state.step: save()
+        pb.comment = f'loss {_train_step(state, model, loss_fn, batch, lr_now, clip, ema_decay):.4f}'
+        if ckpt is not None and ckpt_every and state.step % ckpt_every == 0:
+            saved_at = _save(state, ckpt, generator)
+        if callback is not None and callback(state):
+            break
+    if ckpt is not None and saved_at != state.step:
+        _save(state, ckpt, generator)
     model.eval()
     return state
 
 # %% ../nbs/04_ddpm.ipynb #c0889390
 WEIGHTS_FORMAT = 'diffcourse.weights/1'
 
+def _check_config(cls:type, # the class to build
+                  config, # the keyword arguments to build it with
+                  source:str): # where `config` came from, for the message
+    "Raise unless `config` is a dict of keyword arguments that `cls`'s constructor takes, the required ones all there."
+    if not isinstance(config, dict):
+        raise ValueError(f"{source}: the config must be a dict (a JSON object) of {cls.__name__}'s arguments, "
+                         f"got {config!r:.100}")
+    kinds = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    params = {n: p for n, p in inspect.signature(cls).parameters.items() if p.kind in kinds}
+    unknown = sorted(set(config) - set(params))
+    missing = sorted(n for n, p in params.items() if p.default is p.empty and n not in config)
+    if unknown or missing:
+        what = [f'unknown keys {unknown}'] * bool(unknown) + [f'missing required keys {missing}'] * bool(missing)
+        raise ValueError(f"{source}: the config does not fit {cls.__name__}({', '.join(params)}): {'; '.join(what)}")
+
 def save_pretrained(model:nn.Module, # a model with a `config` dict (its constructor's keyword arguments)
                     path, # the .safetensors file to write
                     **info): # what a user needs to use it: schedule, T, objective, data, the command that made it...
     "Ship a model's weights with the config that rebuilds it and `info`, in one safetensors file."
     if not isinstance(getattr(model, 'config', None), dict):
-        raise ValueError(f"save_pretrained needs a model with a `config` dict of its constructor arguments; {_arch(model)} has none")
-    meta = {**info, 'format': WEIGHTS_FORMAT, 'arch': _arch(model), 'config': model.config}   # non-strings stored as JSON
+        raise ValueError(f"save_pretrained needs a model with a `config` dict of its constructor arguments; "
+                         f"{_arch(model)} has none")
+    name = _arch_name(model)
+    if name is None:
+        raise ValueError(f"save_pretrained: {_arch(model)} is not a registered architecture, so load_pretrained could "
+                         f"not rebuild it; decorate its class with @register_architecture")
+    _check_config(type(model), model.config, f"save_pretrained({name})")
+    meta = {**info, 'format': WEIGHTS_FORMAT, 'arch': name, 'config': model.config}   # non-strings stored as JSON
     return save_safetensors({k: v.clone() for k, v in model.state_dict().items()}, path, metadata=meta)
 
-def _parse(v):
-    try: return json.loads(v)
-    except ValueError: return v
+# %% ../nbs/04_ddpm.ipynb #30e4288f
+# the course's modules that register architectures, imported before a name is looked up:
+ARCHITECTURE_MODULES = ('diffcourse.training', 'diffcourse.unet', 'diffcourse.metrics', 'diffcourse.guidance')
 
+def _registered(name, # the architecture a file names
+                source:str): # the file, for the message
+    "The class registered as `name`, after importing the course's modules that register one; else a clear error."
+    for module in ARCHITECTURE_MODULES:                        # names fixed here, never read from a file
+        importlib.import_module(module)
+    if not isinstance(name, str) or name not in ARCHITECTURES:
+        raise ValueError(f"{source} names the architecture {name!r}, which is not registered; loading builds only "
+                         f"the registered architectures {sorted(ARCHITECTURES)}")
+    return ARCHITECTURES[name]
+
+def _parse(v):
+    try:
+        return json.loads(v)
+    except ValueError:
+        return v
+
+# %% ../nbs/04_ddpm.ipynb #76df1a38
 def load_pretrained(name, # a shipped name ('digits_unet'), or a path to a .safetensors file
                     device='cpu'): # where to put the model
-    "Rebuild a model saved by `save_pretrained`; returns (model in eval mode, info dict with 'config')."
-    import importlib
+    "Rebuild a model saved by `save_pretrained`, building only registered architectures; returns (model, info)."
+    if not isinstance(name, (str, os.PathLike)):
+        raise TypeError(f"load_pretrained wants a shipped name or a path, got {type(name).__name__}")
     p = Path(name)
-    path = p if p.suffix == '.safetensors' and (p.is_file() or p.parent != Path('.')) else weights_path(f'{p.stem}.safetensors')
+    is_path = p.suffix == '.safetensors' and (p.is_file() or p.parent != Path('.'))
+    path = p if is_path else weights_path(f'{p.stem}.safetensors')
     tensors, meta = load_safetensors(path)
+    src = f"weights {str(path)!r}"
     if meta.get('format') != WEIGHTS_FORMAT:
-        raise ValueError(f"{str(path)!r} is not a diffcourse weights file: expected metadata format {WEIGHTS_FORMAT!r}, got {meta.get('format')!r}")
-    mod, _, cls = meta['arch'].rpartition('.')
-    if not mod.startswith('diffcourse.'): raise ValueError(f"{str(path)!r} names the class {meta['arch']!r}, which is not part of diffcourse")
-    model = getattr(importlib.import_module(mod), cls)(**json.loads(meta['config']))
-    check_state_dict(model, tensors, f"weights {str(path)!r}", meta['arch'])
+        raise ValueError(f"{str(path)!r} is not a diffcourse weights file: expected metadata format "
+                         f"{WEIGHTS_FORMAT!r}, got {meta.get('format')!r}")
+    cls, config = _registered(meta.get('arch'), src), _meta_json(meta, 'config', src)
+    _check_config(cls, config, src)
+    try:
+        with torch.device('meta'):                              # names and shapes only: no memory, no values
+            skeleton = cls(**config)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{src}: its config {config} does not build a {meta['arch']}: {e}") from e
+    check_state_dict(skeleton, tensors, src, meta['arch'])
+    model = cls(**config)
     model.load_state_dict(tensors)
-    info = {k: _parse(v) for k, v in meta.items() if k != 'format'}
-    return model.to(device).eval(), info
+    return model.to(device).eval(), {k: _parse(v) for k, v in meta.items() if k != 'format'}

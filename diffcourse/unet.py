@@ -8,8 +8,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .core import append_dims
-from .training import timestep_embedding, null_class_labels
+from .core import append_dims, check_number, register_architecture
+from .training import timestep_embedding, null_class_labels, check_x_t
 
 # %% auto #0
 __all__ = ['ResBlock', 'Attention', 'UNetBlock', 'Downsample', 'Upsample', 'UNet', 'from_diffusers']
@@ -74,13 +74,61 @@ class Upsample(nn.Module):
     def __init__(self, c): super().__init__(); self.conv = nn.Conv2d(c, c, 3, padding=1)
     def forward(self, x, emb=None, context=None): return self.conv(F.interpolate(x, scale_factor=2., mode='nearest'))
 
+# %% ../nbs/05_unet.ipynb #d6133325
+def _check_unet_config(in_channels, out_channels, channels, attn, layers, groups, heads, dropout, num_classes,
+                       context_dim):
+    "The U-Net's arguments checked, with `channels` and `attn` as tuples (attn: by default the coarsest level only)."
+    sizes = dict(in_channels=in_channels, out_channels=out_channels, layers=layers, groups=groups, heads=heads)
+    for name, v in sizes.items():
+        check_number(v, f'UNet: {name}', 1, integer=True)
+    check_number(dropout, 'UNet: dropout', 0, 1, hi_open=True)
+    for name, v in dict(num_classes=num_classes, context_dim=context_dim).items():
+        if v is not None:
+            check_number(v, f'UNet: {name} (None: no conditioning)', 1, integer=True)
+    if isinstance(channels, (str, bytes)) or not hasattr(channels, '__len__') or len(channels) == 0:
+        raise ValueError(f"UNet: channels must be a tuple of widths, one per level, got {channels!r}")
+    channels = tuple(check_number(c, 'UNet: every width in channels', 1, integer=True) for c in channels)
+    attn = tuple(attn) if attn is not None else (False,) * (len(channels) - 1) + (True,)
+    if len(attn) != len(channels) or not all(isinstance(a, bool) for a in attn):
+        raise ValueError(f"attn {attn} needs one flag per level of channels {channels}, each True or False")
+    bad = [c for c in channels if c % groups]
+    if bad:
+        raise ValueError(f"every width in channels {channels} must be a multiple of groups={groups}; {bad} are not")
+    bad = sorted({c for c, a in zip(channels + channels[-1:], attn + (True,)) if a and c % heads})  # + the middle
+    if bad:
+        raise ValueError(f"UNet: every width with attention must be a multiple of heads={heads}; {bad} are not")
+    return channels, attn
+
+# %% ../nbs/05_unet.ipynb #c0877c03
+def _check_unet_input(net, x, t, class_labels, context):
+    "Check the inputs of `UNet.forward`, with errors that say what it wants."
+    check_x_t(x, t, net.conv_in.weight, 'UNet')
+    B, C, H, W = x.shape if x.ndim == 4 else (None,) * 4
+    if x.ndim != 4 or C != net.in_channels:
+        raise ValueError(f"UNet wants x of shape (B, {net.in_channels}, H, W), got {tuple(x.shape)}")
+    f = 2 ** (net.levels - 1)
+    if H % f or W % f:
+        raise ValueError(f"UNet with {net.levels} levels halves H and W {net.levels - 1} times: both must be multiples "
+                         f"of {f}, got H={H}, W={W}")
+    if class_labels is not None and net.cemb is None:
+        raise ValueError("UNet got class_labels but was built with num_classes=None")
+    if context is not None and net.context_dim is None:
+        raise ValueError("UNet got a context but was built with context_dim=None")
+    ok = context is None or (torch.is_tensor(context) and context.ndim == 3 and context.dtype == x.dtype
+                             and context.shape[0] == B and context.shape[2] == net.context_dim)
+    if not ok:
+        got = f'{context.dtype} of shape {tuple(context.shape)}' if torch.is_tensor(context) else type(context).__name__
+        raise ValueError(f"UNet wants context of shape (B, L, {net.context_dim}) with B = {B} and the dtype of x "
+                         f"({x.dtype}), got {got}")
+
 # %% ../nbs/05_unet.ipynb #dab65adf
+@register_architecture
 class UNet(nn.Module):
     "A U-Net for images: `forward(x, t, class_labels=None, context=None) -> (B, out_channels, H, W)`."
     def __init__(self, in_channels:int=1, # channels of x
                  out_channels:int=1, # channels of the output
                  channels:tuple=(32, 64, 64), # width of each resolution level; H and W halve between levels
-                 attn:tuple|None=None, # self-attention at each level (and cross-attention when `context_dim`); None: the coarsest level only
+                 attn:tuple|None=None, # self- (and cross-) attention at each level; None: the coarsest level only
                  layers:int=1, # residual blocks per level on the way down (one more on the way up)
                  groups:int=8, # GroupNorm groups; every width must be a multiple
                  heads:int=4, # attention heads
@@ -88,14 +136,13 @@ class UNet(nn.Module):
                  num_classes:int|None=None, # class conditioning: labels 0..num_classes-1, and num_classes = no class
                  context_dim:int|None=None): # text conditioning: width D of a (B, L, D) context sequence
         super().__init__()
-        channels = tuple(channels)
-        attn = tuple(attn) if attn is not None else (False,) * (len(channels) - 1) + (True,)
-        if len(attn) != len(channels): raise ValueError(f"attn {attn} needs one flag per level of channels {channels}")
-        bad = [c for c in channels if c % groups]
-        if bad: raise ValueError(f"every width in channels {channels} must be a multiple of groups={groups}; {bad} are not")
+        channels, attn = _check_unet_config(in_channels, out_channels, channels, attn, layers, groups, heads, dropout,
+                                            num_classes, context_dim)
         self.config = dict(in_channels=in_channels, out_channels=out_channels, channels=list(channels), attn=list(attn),
-                           layers=layers, groups=groups, heads=heads, dropout=dropout, num_classes=num_classes, context_dim=context_dim)
-        self.in_channels, self.num_classes, self.context_dim, self.levels = in_channels, num_classes, context_dim, len(channels)
+                           layers=layers, groups=groups, heads=heads, dropout=dropout, num_classes=num_classes,
+                           context_dim=context_dim)
+        self.in_channels, self.num_classes, self.context_dim = in_channels, num_classes, context_dim
+        self.levels = len(channels)
         c0 = channels[0]; emb_dim = 4 * c0
         self.temb = nn.Sequential(nn.Linear(c0, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
         self.cemb = nn.Embedding(num_classes + 1, emb_dim) if num_classes else None
@@ -113,24 +160,11 @@ class UNet(nn.Module):
         self.norm_out, self.conv_out = nn.GroupNorm(groups, c), nn.Conv2d(c, out_channels, 3, padding=1)
         nn.init.zeros_(self.conv_out.weight); nn.init.zeros_(self.conv_out.bias)  # start by predicting 0
 
-    def _check(self, x, class_labels, context):
-        B, C, H, W = x.shape if x.ndim == 4 else (None,) * 4
-        if x.ndim != 4 or C != self.in_channels:
-            raise ValueError(f"UNet wants x of shape (B, {self.in_channels}, H, W), got {tuple(x.shape)}")
-        f = 2 ** (self.levels - 1)
-        if H % f or W % f:
-            raise ValueError(f"UNet with {self.levels} levels halves H and W {self.levels - 1} times: both must be multiples "
-                             f"of {f}, got H={H}, W={W}")
-        if class_labels is not None and self.cemb is None: raise ValueError("UNet got class_labels but was built with num_classes=None")
-        if context is not None and self.context_dim is None: raise ValueError("UNet got a context but was built with context_dim=None")
-        if context is not None and (context.ndim != 3 or context.shape[-1] != self.context_dim):
-            raise ValueError(f"UNet wants context of shape (B, L, {self.context_dim}), got {tuple(context.shape)}")
-
     def forward(self, x, # (B, in_channels, H, W)
                 t, # (B,) times, or one scalar for the whole batch
                 class_labels=None, # (B,) ints in [0, num_classes]; None = the null class
                 context=None): # (B, L, context_dim) sequence to cross-attend to
-        self._check(x, class_labels, context)
+        _check_unet_input(self, x, t, class_labels, context)
         B = x.shape[0]
         t = torch.as_tensor(t, device=x.device).expand(B)                                     # (B,)
         emb = self.temb(timestep_embedding(t, self.temb[0].in_features))                       # (B, E)
@@ -138,7 +172,8 @@ class UNet(nn.Module):
         h = self.conv_in(x); hs = [h]                                                          # (B, c0, H, W)
         for m in self.down: h = m(h, emb, context); hs.append(h)
         for m in self.mid: h = m(h, emb, context)
-        for m in self.up: h = m(h, emb, context) if isinstance(m, Upsample) else m(torch.cat([h, hs.pop()], 1), emb, context)
+        for m in self.up:
+            h = m(h, emb, context) if isinstance(m, Upsample) else m(torch.cat([h, hs.pop()], 1), emb, context)
         return self.conv_out(F.silu(self.norm_out(h)))                                         # (B, out_channels, H, W)
 
 # %% ../nbs/05_unet.ipynb #6359c864

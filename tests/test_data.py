@@ -1,4 +1,4 @@
-import gzip, math, os
+import contextlib, gzip, math, os, socket, threading
 import numpy as np
 import pytest
 import torch
@@ -7,7 +7,7 @@ from scipy.stats import multivariate_normal
 from diffcourse import data
 from diffcourse.data import (swiss_roll, two_moons, GaussianMixture, gaussian_mixture, TOYS, toy_2d, load_digits,
                              GLYPH_CHARS, Glyphs, load_glyphs, glyph_caption, render_glyph, load_mnist, read_idx,
-                             write_idx, MNIST_FILES, DATASETS, get_dataloader)
+                             write_idx, MNIST_FILES, DATASETS, get_dataloader, download_mnist, net_timeout, is_offline)
 
 
 # ---------- 2-D toys
@@ -43,15 +43,17 @@ def test_mixture_log_prob_matches_scipy():
     assert x.shape == (2000, 2) and x.dtype == torch.float32
     lp = gm.log_prob(x.double())
     assert lp.shape == (2000,)
+    # float64 (eps 2.2e-16): ~50 operations on log-densities |lp| < 100 -> 1e-12; scipy takes the log of a sum of
+    # densities, exact to a few float64 roundings as well: 1e-9 allowed
     np.testing.assert_allclose(lp.numpy(), _scipy_log_prob(gm, x.double().numpy()), rtol=0, atol=1e-9)
 
 def test_mixture_log_prob_3d_random_params_matches_scipy():
     g = torch.Generator().manual_seed(3)
     A = torch.randn(4, 3, 3, generator=g, dtype=torch.float64)
     gm = GaussianMixture(torch.randn(4, 3, generator=g), A @ A.transpose(1, 2) + 0.1 * torch.eye(3), torch.tensor([1., 2., 3., 4.]))
-    torch.testing.assert_close(gm.weights.sum(), torch.tensor(1., dtype=torch.float64))
+    torch.testing.assert_close(gm.weights.sum(), torch.tensor(1., dtype=torch.float64), rtol=0, atol=1e-15)   # 4 float64 roundings
     x = torch.randn(100, 3, generator=g, dtype=torch.float64) * 2
-    np.testing.assert_allclose(gm.log_prob(x).numpy(), _scipy_log_prob(gm, x.numpy()), rtol=0, atol=1e-9)
+    np.testing.assert_allclose(gm.log_prob(x).numpy(), _scipy_log_prob(gm, x.numpy()), rtol=0, atol=1e-9)   # as above
 
 def test_mixture_integrates_to_one_monte_carlo():
     gm = gaussian_mixture()
@@ -69,10 +71,15 @@ def test_mixture_log_prob_is_finite_far_away_and_keeps_dtype():
 def test_mixture_samples_match_moments_and_score_matches_autograd():
     gm = gaussian_mixture()
     x = gm.sample(200_000, torch.Generator().manual_seed(1)).double()
+    # Monte Carlo, not rounding: the standard error of a mean of 200,000 draws of std < 1.2 is 1.2 / 447 = 2.7e-3, of
+    # a covariance entry (var < 1.4) about sqrt(2) * 1.4 / 447 = 4.4e-3; 0.01 is 2-4 standard errors, and the seed is
+    # fixed, so every machine draws the same numbers (up to float64 rounding)
     torch.testing.assert_close(x.mean(0), gm.mean(), atol=0.01, rtol=0)
     torch.testing.assert_close(torch.cov(x.T), gm.cov(), atol=0.01, rtol=0)
     xg = x[:64].clone().requires_grad_()
     (grad,) = torch.autograd.grad(gm.log_prob(xg).sum(), xg)
+    # two float64 routes to the same score (|score| < 100, condition number of the covariances (0.25/0.08)^2 = 10):
+    # 10 * 100 ops * 2.2e-16 * 100 = 2e-11; 1e-9 allowed
     torch.testing.assert_close(gm.score(x[:64]), grad, atol=1e-9, rtol=1e-9)
 
 def test_noised_mixture_is_the_distribution_of_noised_samples():
@@ -80,7 +87,7 @@ def test_noised_mixture_is_the_distribution_of_noised_samples():
     g = torch.Generator().manual_seed(2)
     x0 = gm.sample(200_000, g).double()
     xt = 0.6 * x0 + 0.8 * torch.randn(x0.shape, generator=g, dtype=torch.float64)
-    gmt = gm.noised(0.6, 0.8)
+    gmt = gm.noised(0.6, 0.8)      # Monte Carlo again: std < 1.1, standard errors 2.5e-3 (mean) and 3.8e-3 (covariance)
     torch.testing.assert_close(xt.mean(0), gmt.mean(), atol=0.01, rtol=0)
     torch.testing.assert_close(torch.cov(xt.T), gmt.cov(), atol=0.01, rtol=0)
 
@@ -172,7 +179,31 @@ def test_glyphs_corrupt_cache_is_regenerated(cache):
 def test_glyphs_bad_arguments(cache):
     with pytest.raises(ValueError, match=r"Unknown glyph image size 28; valid choices are \[16, 32\]"): load_glyphs(size=28)
     with pytest.raises(ValueError, match=r"Unknown split 'dev'"): load_glyphs('dev')
-    with pytest.raises(ValueError, match='n_per_class must be at least 2'): load_glyphs(n_per_class=1)
+    with pytest.raises(ValueError, match=r'n_per_class \(one train and one test image at least\) must be an integer >= 2, got 1'):
+        load_glyphs(n_per_class=1)
+    with pytest.raises(TypeError, match='got 2.5 of type float'): load_glyphs(n_per_class=2.5)
+    with pytest.raises(ValueError, match='seed must be an integer >= 0, got -1'): load_glyphs(seed=-1)
+    with pytest.raises(ValueError, match="Unknown split \\['train'\\]"): load_glyphs(['train'])
+
+
+def test_bad_toy_and_drawing_arguments():
+    for bad, err in ((0, ValueError), (-3, ValueError), (2.5, TypeError), (True, TypeError)):
+        for make in (lambda n: toy_2d('two_moons', n), swiss_roll, two_moons, gaussian_mixture().sample):
+            with pytest.raises(err, match='n must be an integer >= 1'): make(bad)
+    with pytest.raises(ValueError, match='noise must be a finite number >= 0, got nan'): two_moons(10, noise=float('nan'))
+    with pytest.raises(ValueError, match="Unknown 2-D toy 3; valid choices"): toy_2d(3, 10)
+    gm = gaussian_mixture()
+    with pytest.raises(ValueError, match=r'x must have shape \(n, 2\), got \(5, 3\)'): gm.log_prob(torch.zeros(5, 3))
+    with pytest.raises(ValueError, match=r'x must have shape \(n, 2\), got \(5,\)'): gm.score(torch.zeros(5))
+    with pytest.raises(ValueError, match='sigma must be a finite number >= 0, got -1.0'): gm.noised(1., -1.)
+    with pytest.raises(ValueError, match='means must be finite'): GaussianMixture([[float('nan'), 0.]], torch.eye(2)[None])
+    with pytest.raises(ValueError, match="ch must be one character, got 'AB'"): render_glyph('AB', 'DejaVuSans.ttf')
+    with pytest.raises(FileNotFoundError, match="font_file 'Comic.ttf' is not a file in"): render_glyph('A', 'Comic.ttf')
+    with pytest.raises(ValueError, match='size must be an integer >= 1, got 0'): render_glyph('A', 'DejaVuSans.ttf', size=0)
+    with pytest.raises(ValueError, match="Unknown family 'script'; valid choices are \\['serif', 'sans', 'mono'\\]"):
+        glyph_caption('A', 'script')
+    with pytest.raises(ValueError, match="ch must be one letter or digit, got '!'"): glyph_caption('!', 'serif')
+    with pytest.raises(ValueError, match="Unknown split \\['train'\\]"): load_digits(['train'])
 
 
 # ---------- IDX / MNIST
@@ -205,7 +236,7 @@ def test_load_mnist_from_local_folder(tmp_path, gz):
     assert x.shape == (30, 1, 28, 28) and x.dtype == torch.float32 and y.dtype == torch.int64
     assert x.min() >= -1 and x.max() <= 1 and y.tolist() == [i % 10 for i in range(30)]
     raw = read_idx(root/(MNIST_FILES['train'][0] + ('.gz' if gz else '')))
-    torch.testing.assert_close(x[:, 0], torch.from_numpy(raw).float() / 127.5 - 1)
+    torch.testing.assert_close(x[:, 0], torch.from_numpy(raw).float() / 127.5 - 1, rtol=0, atol=0)   # the same two float32 ops
     assert load_mnist(root, 'test', kind='fashion_mnist')[0].shape == (12, 1, 28, 28)
     x32, _ = load_mnist(root, 'test', size=32)
     assert x32.shape == (12, 1, 32, 32) and (x32[..., :2, :] == -1).all()
@@ -239,7 +270,7 @@ def test_load_mnist_bad_choices(tmp_path):
 
 def test_download_is_only_tried_when_asked(tmp_path, monkeypatch):
     calls = []
-    monkeypatch.setattr(data, 'download_mnist', lambda root, kind: calls.append((root, kind)) or _write_fake_mnist(root))
+    monkeypatch.setattr(data, 'download_mnist', lambda root, kind, mirrors: calls.append((root, kind)) or _write_fake_mnist(root))
     with pytest.raises(FileNotFoundError): load_mnist(tmp_path/'m')
     assert calls == []
     x, _ = load_mnist(tmp_path/'m', 'test', kind='fashion_mnist', download=True)
@@ -281,3 +312,110 @@ def test_dataloader_errors(tmp_path):
     with pytest.raises(ValueError, match='Unknown digits image size 20'): get_dataloader('digits', size=20)
     with pytest.raises(ValueError, match='size must be None'): get_dataloader('swiss_roll', size=16)
     with pytest.raises(FileNotFoundError, match='download=True'): get_dataloader('mnist', root=tmp_path/'none')
+    with pytest.raises(TypeError, match=r"get_dataloader\('digits'\) has no option \['n_per_class'\]; the options of 'digits' are \[\]"):
+        get_dataloader('digits', n_per_class=4)
+    with pytest.raises(TypeError, match=r"has no option \['seeds'\]; the options of 'glyphs' are \['captions', 'n_per_class', 'seed'\]"):
+        get_dataloader('glyphs', seeds=3)
+    with pytest.raises(ValueError, match='batch_size must be an integer >= 1, got 0'): get_dataloader('digits', batch_size=0)
+    with pytest.raises(ValueError, match='Unknown glyph image size 0'): get_dataloader('glyphs', size=0)
+    with pytest.raises(ValueError, match='seed must be an integer >= 0, got -1'): get_dataloader('two_moons', seed=-1)
+
+
+# ---------- downloads fail fast and say what to do, and never hang
+
+@contextlib.contextmanager
+def silent_server():
+    "A TCP server on 127.0.0.1 that accepts connections and never answers; yields (its URL, the accepted connections)."
+    srv = socket.socket()
+    srv.bind(('127.0.0.1', 0))
+    srv.listen(16)
+    srv.settimeout(0.05)
+    accepted, stop = [], threading.Event()
+    def serve():
+        while not stop.is_set():
+            try:
+                accepted.append(srv.accept()[0])
+            except OSError:                      # the accept timed out: look at `stop` again
+                pass
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield f'http://127.0.0.1:{srv.getsockname()[1]}/', accepted
+    finally:
+        stop.set()
+        thread.join(2)
+        for c in accepted: c.close()
+        srv.close()
+
+@contextlib.contextmanager
+def socket_closed_port():
+    "The URL of a port on 127.0.0.1 that was free a moment ago: nothing listens there, a connection is refused."
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        url = f'http://127.0.0.1:{s.getsockname()[1]}'
+    yield url
+
+@pytest.fixture
+def no_network(monkeypatch):
+    "Every attempt to resolve a name or open a connection is recorded and refused."
+    calls = []
+    def refuse(*a, **k):
+        calls.append(a)
+        raise OSError('the network is switched off by the test')
+    for obj, name in ((socket, 'getaddrinfo'), (socket, 'create_connection'), (socket.socket, 'connect'), (socket.socket, 'connect_ex')):
+        monkeypatch.setattr(obj, name, refuse)
+    return calls
+
+@pytest.fixture
+def online(monkeypatch):
+    "Offline mode off, whatever the environment says (the tests run with HF_HUB_OFFLINE=1)."
+    from huggingface_hub import constants
+    monkeypatch.delenv('HF_HUB_OFFLINE', raising=False)
+    monkeypatch.setattr(constants, 'HF_HUB_OFFLINE', False)
+    monkeypatch.setenv('DIFFCOURSE_NET_TIMEOUT', '0.2')
+
+def test_net_timeout_and_offline_switch(monkeypatch):
+    monkeypatch.setenv('DIFFCOURSE_NET_TIMEOUT', '1.5')
+    assert net_timeout() == 1.5
+    for bad in ('0', '-1', 'soon'):
+        monkeypatch.setenv('DIFFCOURSE_NET_TIMEOUT', bad)
+        with pytest.raises(ValueError, match='DIFFCOURSE_NET_TIMEOUT'): net_timeout()
+    monkeypatch.setenv('HF_HUB_OFFLINE', '1')
+    assert is_offline()
+
+def test_mnist_offline_makes_no_connection(tmp_path, monkeypatch, no_network):
+    monkeypatch.setenv('HF_HUB_OFFLINE', '1')
+    with pytest.raises(OSError, match='offline mode is on') as e: download_mnist(tmp_path/'m')
+    assert no_network == []
+    for name in sum(MNIST_FILES.values(), ()): assert f'{name}.gz' in str(e.value)
+    assert f"into the folder '{tmp_path/'m'}'" in str(e.value)
+    with pytest.raises(OSError, match='offline mode is on'): load_mnist(tmp_path/'m', download=True)
+    assert no_network == [] and not (tmp_path/'m').exists()
+
+def test_mnist_download_stops_at_the_first_failure(tmp_path, online, monkeypatch):
+    "A refused connection: one attempt per mirror, then the error; the other three files are not tried."
+    attempts = []
+    real = socket.create_connection
+    def counting(address, *a, **k):
+        attempts.append(address)
+        return real(address, *a, **k)
+    monkeypatch.setattr(socket, 'create_connection', counting)
+    with socket_closed_port() as url:
+        closed = url + '/'
+    with pytest.raises(OSError, match='Could not download mnist.*Without network, put the files train-images-idx3-ubyte.gz'):
+        download_mnist(tmp_path, mirrors=[closed, closed])
+    assert len(attempts) == 2
+
+def test_mnist_download_from_a_server_that_never_answers(tmp_path, online):
+    "The connection is accepted and nothing comes back: each mirror is given net_timeout() seconds, then the error."
+    with silent_server() as (url, accepted):
+        with pytest.raises(OSError, match='timed out') as e: download_mnist(tmp_path, mirrors=[url, url])
+    assert len(accepted) == 2 and 'put the files' in str(e.value)
+
+def test_the_no_network_fixture_sees_every_attempt(online, no_network):
+    "The fixture the offline tests rely on does catch a connection (so their `== []` means no attempt was made)."
+    import urllib.request
+    with pytest.raises(OSError): urllib.request.urlopen('http://127.0.0.1:9/', timeout=1)
+    from huggingface_hub import HfApi
+    with pytest.raises(Exception): HfApi(endpoint='http://127.0.0.1:9').model_info('a/b', timeout=1)
+    assert len(no_network) >= 2

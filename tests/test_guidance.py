@@ -13,8 +13,12 @@ from diffcourse.schedules import Schedule, sigma_to_abar, sigma_to_t
 from diffcourse.samplers import Denoiser, sample, SAMPLERS
 from diffcourse.unet import UNet
 
-torch.set_num_threads(1)
 SCHEDULE = Schedule.from_name('linear', T=1000)
+F32_EPS = 1.19e-7   # float32 machine epsilon
+# A float32 forward pass of the tiny networks below (about 20 layers, each ending in a rounded sum) carries about 100
+# roundings: its outputs are good to NET_EPS per unit of their magnitude. Two sides that feed a network inputs one
+# rounding apart (x_t computed in two ways) differ by that much, times whatever multiplies the output afterwards.
+NET_EPS = 100 * F32_EPS
 
 
 def _tiny_unet(num_classes=None, seed=0):
@@ -36,9 +40,11 @@ def test_cfg_combine_matches_diffusers_guider(g):
     from diffusers.guiders import ClassifierFreeGuidance as DG
     gen = torch.Generator().manual_seed(0)
     u, c = torch.randn(3, 4, 8, 8, generator=gen), torch.randn(3, 4, 8, 8, generator=gen)
-    torch.testing.assert_close(cfg_combine(u, c, g), DG(guidance_scale=g).forward(c, u).pred)
+    # |u|, |c| < 5 and g <= 8.5: terms up to 8.5 * 10 = 85; three float32 roundings of 85: 3e-5; 1e-4 allowed
+    torch.testing.assert_close(cfg_combine(u, c, g), DG(guidance_scale=g).forward(c, u).pred, rtol=0, atol=1e-4)
     w = g   # the paper's w, through diffusers' original formulation
-    torch.testing.assert_close(cfg_combine(u, c, w_to_scale(w)), DG(guidance_scale=w, use_original_formulation=True).forward(c, u).pred)
+    ref = DG(guidance_scale=w, use_original_formulation=True).forward(c, u).pred
+    torch.testing.assert_close(cfg_combine(u, c, w_to_scale(w)), ref, rtol=0, atol=1e-4)
 
 
 def test_cfg_combine_matches_stable_diffusion_pipeline():
@@ -72,13 +78,15 @@ def test_cfg_combine_matches_stable_diffusion_pipeline():
     assert len(unet_out) == len(sched_in) == 2
     for both, used in zip(unet_out, sched_in):
         uncond, cond = both.chunk(2)                 # diffusers batches [unconditional, conditional]
-        torch.testing.assert_close(cfg_combine(uncond, cond, g), used, rtol=1e-5, atol=1e-6)
+        # the same U-Net outputs (|eps| < 5) combined by the same formula: g (cond - uncond) < 4.5 * 10 = 45, three
+        # float32 roundings of 45: 1.6e-5; 1e-4 allowed
+        torch.testing.assert_close(cfg_combine(uncond, cond, g), used, rtol=0, atol=1e-4)
 
 
 def test_w_scale_conversion():
     assert w_to_scale(0.) == 1. and w_to_scale(3.) == 4. and scale_to_w(4.) == 3.
     u, c = torch.zeros(2), torch.ones(2)
-    torch.testing.assert_close(cfg_combine(u, c, w_to_scale(2.)), (1 + 2.) * c - 2. * u)
+    torch.testing.assert_close(cfg_combine(u, c, w_to_scale(2.)), (1 + 2.) * c - 2. * u, rtol=0, atol=0)   # small integers: exact
 
 
 # ---- the guided denoisers equal the papers' eps-space formulas ----
@@ -94,12 +102,20 @@ def test_cfg_wrapper_equals_eps_space_cfg():
             ours = ClassifierFreeGuidance(D, 3., class_labels=y)(x, sigma)
             abar = sigma_to_abar(sigma); x_t = abar.sqrt() * x
             t = sigma_to_t(sigma, SCHEDULE.abar).float().expand(4)
-            eps = (1 + 2.) * net(x_t, t, class_labels=y) - 2. * net(x_t, t)       # Ho & Salimans eq. 6, w = 2
+            eps_c, eps_u = net(x_t, t, class_labels=y), net(x_t, t)
+            eps = (1 + 2.) * eps_c - 2. * eps_u                                    # Ho & Salimans eq. 6, w = 2
             ref = (x_t - (1 - abar).sqrt() * eps) / abar.sqrt()
-        torch.testing.assert_close(ours, ref, rtol=1e-4, atol=1e-4)
-        with torch.no_grad():
-            torch.testing.assert_close(ClassifierFreeGuidance(D, 0., class_labels=y)(x, sigma), D(x, sigma))
-            torch.testing.assert_close(ClassifierFreeGuidance(D, 1., class_labels=y)(x, sigma), D(x, sigma, class_labels=y))
+        # Both sides are x0_hat = x - sigma (3 eps_c - 2 eps_u). The wrapper's network input x / sqrt(1 + sigma^2) and the
+        # reference's sqrt(abar) x are one rounding apart, so eps (|eps| < 2) differs by up to 2 NET_EPS, multiplied by
+        # sigma (3 + 2); x itself (|x| < 20) takes about 4 roundings on each side, 20 * 4 * F32_EPS = 1e-5. At sigma = 40
+        # that allows 4.8e-3, a thousandth of what a unit error in w would change (sigma |eps_c - eps_u|, checked).
+        atol = 1e-5 + float(sigma) * 5 * 2 * NET_EPS
+        torch.testing.assert_close(ours, ref, rtol=0, atol=atol)
+        assert (sigma * (eps_c - eps_u)).abs().max() > 100 * atol
+        with torch.no_grad():   # g = 0 and g = 1 make the very same calls as D: bitwise equal
+            torch.testing.assert_close(ClassifierFreeGuidance(D, 0., class_labels=y)(x, sigma), D(x, sigma), rtol=0, atol=0)
+            torch.testing.assert_close(ClassifierFreeGuidance(D, 1., class_labels=y)(x, sigma), D(x, sigma, class_labels=y),
+                                       rtol=0, atol=0)
 
 
 def test_classifier_guidance_equals_dhariwal_eps_form():
@@ -118,7 +134,11 @@ def test_classifier_guidance_equals_dhariwal_eps_form():
         with torch.no_grad():
             eps = net(x_t, t) - s * (1 - abar).sqrt() * grad                   # Dhariwal & Nichol, Alg. 2
             ref = (x_t - (1 - abar).sqrt() * eps) / abar.sqrt()
-        torch.testing.assert_close(ours, ref, rtol=1e-4, atol=1e-4)
+        # x0_hat = x - sigma (eps - s sqrt(1 - abar) grad): the network inputs are one rounding apart, so eps (|eps| < 3)
+        # differs by up to 3 NET_EPS and the classifier's gradient (|grad| < 1) by NET_EPS, multiplied by sigma and
+        # sigma s; x (|x| < 10) takes ~4 roundings a side: 10 * 4 * F32_EPS = 5e-6. 1.7e-3 allowed at sigma = 20.
+        atol = 5e-6 + float(sigma) * (3 + s) * NET_EPS
+        torch.testing.assert_close(ours, ref, rtol=0, atol=atol)
 
 
 def test_gradient_guidance_through_x0():
@@ -132,10 +152,13 @@ def test_gradient_guidance_through_x0():
     with torch.enable_grad():
         xr = x.clone().requires_grad_(True)
         grad, = torch.autograd.grad(log_prob(xr, sigma, D(xr, sigma)).sum(), xr)
-    with torch.no_grad(): torch.testing.assert_close(out, D(x, sigma) + s * sigma ** 2 * grad, rtol=1e-4, atol=1e-4)
+    # the same forward and backward passes on both sides; s sigma^2 |grad| < 40, added to |x0_hat| < 10 after three
+    # float32 roundings: 3 * 40 * F32_EPS = 1.4e-5; 1e-4 allowed
+    with torch.no_grad(): torch.testing.assert_close(out, D(x, sigma) + s * sigma ** 2 * grad, rtol=0, atol=1e-4)
     # the no-backprop variant differs: it treats x0_hat as a constant of x
     out2 = GradientGuidance(D, log_prob, s, through_x0=False)(x, sigma)
-    with torch.no_grad(): torch.testing.assert_close(out2, D(x, sigma))   # log_prob uses only x0_hat: no gradient in x
+    with torch.no_grad():   # log_prob uses only x0_hat: no gradient in x, so D(x) + 0 exactly
+        torch.testing.assert_close(out2, D(x, sigma), rtol=0, atol=0)
 
 
 @pytest.mark.parametrize('name', list(SAMPLERS))
@@ -158,7 +181,8 @@ def test_bad_scales():
             ClassifierFreeGuidance(Denoiser(_tiny_unet(10), SCHEDULE), bad, class_labels=1)
         with pytest.raises(ValueError, match='finite number >= 0'):
             classifier_guidance(Denoiser(_tiny_unet(), SCHEDULE), _tiny_classifier(), 1, bad)
-    with pytest.raises(TypeError, match='must be a number'): check_scale('strong')
+    with pytest.raises(TypeError, match=r"guidance scale must be a finite number >= 0, got 'strong'"):
+        check_scale('strong')
 
 
 def test_unknown_classes():
@@ -172,7 +196,40 @@ def test_unknown_classes():
         classifier_guidance(Denoiser(_tiny_unet(), SCHEDULE), _tiny_classifier(), 10, 1.)
     with pytest.raises(ValueError, match='needs a condition'): ClassifierFreeGuidance(Denoiser(_tiny_unet(10), SCHEDULE), 2.)
     with pytest.raises(ValueError, match='differ in shape'): cfg_combine(torch.zeros(2, 3), torch.zeros(3, 2), 2.)
-    with pytest.raises(ValueError, match=r'p must lie in \[0, 1\]'): drop_labels(torch.arange(3), 1.5, 10)
+    with pytest.raises(ValueError, match=r'drop probability p must be a finite number >= 0 and <= 1, got 1.5'):
+        drop_labels(torch.arange(3), 1.5, 10)
+    with pytest.raises(ValueError, match=r'labels must lie in \[0, 9\] \(the null class is 10\), got values in \[0, 10\]'):
+        drop_labels(torch.arange(11), 0.2, 10)
+    with pytest.raises(ValueError, match=r'p_uncond must be a finite number >= 0 and <= 1, got -0.1'): cfg_ddpm_loss(SCHEDULE, -0.1)
+
+
+def test_classifier_and_guidance_inputs():
+    "The classifier and the guidance wrappers say what they want when given something else."
+    clf, D = _tiny_classifier(), Denoiser(_tiny_unet(), SCHEDULE)
+    x = torch.zeros(2, 1, 16, 16)
+    assert clf(x, torch.tensor([3, 7])).shape == (2, 10) and clf(x, 5).shape == (2, 10)
+    for bad in (x.double(), x.long(), torch.zeros(2, 3, 16, 16), torch.zeros(16, 16)):
+        with pytest.raises(ValueError, match=r'x must be a torch.float32 tensor of shape \(B, 1, H, W\)'): clf(bad, 5)
+    with pytest.raises(ValueError, match=r't must be one timestep or one per sample, shape \(\) or \(2,\), got shape \(3,\)'):
+        clf(x, torch.tensor([1, 2, 3]))
+    with pytest.raises(ValueError, match=r'channels \(12, 16\) must be multiples of groups=8'):
+        NoisyClassifier(channels=(12, 16), attn=(False, False))
+    with pytest.raises(ValueError, match='one flag per level'): NoisyClassifier(channels=(8, 16), attn=(False,))
+    with pytest.raises(ValueError, match='num_classes must be an integer >= 1, got 0'): NoisyClassifier(num_classes=0)
+    with pytest.raises(TypeError, match='log_prob must be a function'): GradientGuidance(D, 'not a function', 1.)
+    wrong = GradientGuidance(D, lambda x, sigma, x0_hat: x.flatten(1), 1.)          # (B, 256) instead of (B,)
+    with pytest.raises(ValueError, match=r'log_prob must return one value per sample, shape \(2,\), got \(2, 256\)'):
+        wrong(x, torch.tensor(1.))
+    with pytest.raises(TypeError, match='classifier must be a network'): classifier_guidance(D, None, 1, 1.)
+    few = lambda x_t, t: torch.zeros(len(x_t), 3)                                    # a classifier of 3 classes
+    with pytest.raises(ValueError, match=r'more than 5 classes, got shape \(2, 3\)'):
+        classifier_guidance(D, few, 5, 1.)(x, torch.tensor(1.))
+    with pytest.raises(ValueError, match="needs the classifier's schedule"):
+        classifier_guidance(lambda x, sigma: x, clf, 1, 1.)
+    with pytest.raises(TypeError, match='uncond must be a dict'):
+        ClassifierFreeGuidance(Denoiser(_tiny_unet(10), SCHEDULE), 2., uncond=torch.zeros(2), class_labels=1)
+    with pytest.raises(ValueError, match=r'features must be \(N, D\) and labels \(N,\), got \(4, 2\) and \(3,\)'):
+        class_diversity(torch.zeros(4, 2), torch.tensor([0, 0, 1]))
 
 
 def test_drop_labels_and_diversity():
@@ -180,7 +237,7 @@ def test_drop_labels_and_diversity():
     frac = (drop_labels(y, 0.2, 10, torch.Generator().manual_seed(0)) == 10).float().mean().item()
     assert abs(frac - 0.2) < 0.02
     f = torch.tensor([[0., 0.], [3., 4.], [10., 10.], [10., 10.]])
-    assert class_diversity(f, torch.tensor([0, 0, 1, 1])) == pytest.approx((5. + 0.) / 2)
+    assert class_diversity(f, torch.tensor([0, 0, 1, 1])) == pytest.approx((5. + 0.) / 2, rel=1e-12)   # float64 pdist
 
 
 # ---- brief training: the losses fall ----
@@ -209,5 +266,7 @@ def test_sigma_cap():
     x = torch.randn(2, 1, 16, 16, generator=torch.Generator().manual_seed(5))
     for sigma, cap, w in ((3., None, 9.), (3., 1., 1.), (0.5, 1., 0.25)):
         out = GradientGuidance(D, log_prob, 0.1, sigma_cap=cap)(x, torch.tensor(sigma))
-        with torch.no_grad(): torch.testing.assert_close(out, D(x, torch.tensor(sigma)) + 0.1 * w * (-2 * x), rtol=1e-5, atol=1e-5)
+        # 0.1 w 2|x| < 0.9 * 2 * 3 = 5.4, its factors multiplied in another order: two roundings, 1.3e-6; 1e-5 allowed
+        with torch.no_grad():
+            torch.testing.assert_close(out, D(x, torch.tensor(sigma)) + 0.1 * w * (-2 * x), rtol=0, atol=1e-5)
     with pytest.raises(ValueError, match='sigma_cap must be a finite number >= 0'): GradientGuidance(D, log_prob, 1., sigma_cap=-1.)

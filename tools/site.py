@@ -5,7 +5,10 @@ nbdev's own pieces process the notebooks exactly as `nbdev_docs` would (show_doc
 cells dropped, front matter from the H1 and `>` summary) into `_proc/`, without `_ensure_quarto`, which would
 try to download quarto. Then pandoc (from pypandoc-binary) renders one page per entry of `_proc/sidebar.yml`
 into `_docs/` (math as MathML, plots extracted next to the pages, no CDN), and `_proc/index.ipynb` becomes
-README.md as GitHub-flavoured markdown. Everything is read from nbdev's files: settings.ini -> nbdev.yml,
+README.md as GitHub-flavoured markdown. Search: Pagefind (`pip install 'pagefind[bin]'`, which tools/course.py
+installs where it can) indexes the pages' main column into `_docs/pagefind/` and its UI sits in the navbar; without
+Pagefind the site is built without search and the build says so. Search needs the site served over http, not opened
+as a file. Everything is read from nbdev's files: settings.ini -> nbdev.yml,
 the notebooks -> sidebar.yml and the front matter; there is no configuration here.
 """
 import base64, contextlib, html, json, re, shutil, subprocess, sys, tempfile
@@ -86,6 +89,17 @@ def pandoc(nb, out, *args, cwd='.', **files):
         subprocess.run([pypandoc.get_pandoc_path(), '-f', PANDOC_IN, str(Path(d)/'in.ipynb'), '-o', str(out), *args,
                         *(f'--{k.replace("_", "-")}={Path(d)/k}' for k in files)], cwd=cwd, check=True)
 
+def search_command(python=sys.executable):
+    "The command that runs Pagefind, the static-search indexer (its Python package ships the binary); None without it."
+    try:
+        ok = subprocess.run([python, '-m', 'pagefind', '--version'], capture_output=True, timeout=120).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        ok = False
+    return [python, '-m', 'pagefind'] if ok else None
+
+NO_SEARCH = ("site search: Pagefind is not installed (pip install 'pagefind[bin]' into .venv): "
+             'the site is built without search')
+
 def walk(entries):
     "Flatten sidebar.yml's contents into (depth, section title or None, notebook path or None)."
     for e in entries:
@@ -135,15 +149,21 @@ def build(root=ROOT, readme=True):
         docs = Path(cfg.doc_path)
         shutil.rmtree(docs, ignore_errors=True); docs.mkdir(parents=True)
         (docs/'site.css').write_text(CSS); (docs/'colab-badge.svg').write_text(BADGE)
+        search = search_command()
+        if not search:
+            print(NO_SEARCH, file=sys.stderr)
         if (proc/'styles.css').exists(): shutil.copy(proc/'styles.css', docs/'styles.css')
         for nb, page in pages.items():
             out = page['file']
             cells = prep(json.loads((proc/nb).read_text()), title_extras(cfg.nbs_path/nb), docs/f'{Path(out).stem}_files')
             pandoc(cells, out, '-s', '--mathml', '--wrap=none', '-V', f'site={html.escape(site["title"])}', '-V', 'lang=en',
-                   '-V', f'sidebar={sidebar_html(entries, pages, nb)}', cwd=docs, template=TEMPLATE,
+                   '-V', f'sidebar={sidebar_html(entries, pages, nb)}', *(['-V', 'search=true'] if search else []),
+                   cwd=docs, template=TEMPLATE,
                    metadata_file=json.dumps({k: page[k] for k in ('title', 'description') if k in page}))
             page_html = fix_links((docs/out).read_text(), pages, site['site-url'].rstrip('/'))
             (docs/out).write_text(page_html.replace('<!--TOC-->', toc_html(page_html), 1))
+        if search:   # index the pages' main column (data-pagefind-body) into _docs/pagefind/
+            subprocess.run([*search, '--site', str(docs), '--quiet'], check=True)
         if readme and (proc/cfg.readme_nb).exists(): write_readme(proc, cfg, root)
         return [docs/p['file'] for p in pages.values()]
 
@@ -160,13 +180,18 @@ def write_readme(proc, cfg, root):
 TEMPLATE = '''<!DOCTYPE html>
 <html lang="$lang$"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
 <title>$pagetitle$ – $site$</title><link rel="stylesheet" href="site.css"><link rel="stylesheet" href="styles.css">
-<style>$highlighting-css$</style></head>
-<body><header class="navbar"><a href="index.html">$site$</a></header>
+<style>$highlighting-css$</style>
+$if(search)$<link rel="stylesheet" href="pagefind/pagefind-ui.css">
+<script src="pagefind/pagefind-ui.js"></script>$endif$</head>
+<body><header class="navbar"><a href="index.html">$site$</a>$if(search)$<div id="search"></div>$endif$</header>
 <div class="layout"><nav class="sidebar">$sidebar$</nav>
-<main><header class="title-block"><h1 class="title">$title$</h1>
+<main data-pagefind-body><header class="title-block"><h1 class="title">$title$</h1>
 $if(description)$<p class="description">$description$</p>$endif$</header>
 $body$</main>
-<nav class="toc"><div class="toc-title">On this page</div><!--TOC--></nav></div></body></html>
+<nav class="toc"><div class="toc-title">On this page</div><!--TOC--></nav></div>
+$if(search)$<script>new PagefindUI({element: '#search', baseUrl: new URL('.', location.href).pathname,
+                   showSubResults: true, showImages: false, resetStyles: false});</script>$endif$
+</body></html>
 '''
 
 BADGE = ('<svg xmlns="http://www.w3.org/2000/svg" width="117" height="20"><rect width="117" height="20" rx="3" fill="#555"/>'
@@ -178,9 +203,25 @@ CSS = '''
 * { box-sizing: border-box; }
 body { margin: 0; font: 16px/1.6 system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; color: #212529; }
 a { color: var(--accent); text-decoration: none; } a:hover { text-decoration: underline; }
-.navbar { background: var(--accent); padding: .7rem 1.5rem; position: sticky; top: 0; z-index: 2; }
-.navbar a { color: #fff; font-size: 1.25rem; font-weight: 600; }
-.layout { display: grid; grid-template-columns: 240px minmax(0, 1fr) 220px; gap: 2rem; max-width: 1400px; margin: 0 auto; padding: 0 1.5rem; }
+.navbar { background: var(--accent); padding: .55rem 1.5rem; position: sticky; top: 0; z-index: 2;
+  display: flex; align-items: center; gap: 2rem; }
+.navbar > a { color: #fff; font-size: 1.25rem; font-weight: 600; }
+/* Pagefind's search box in the navbar; its results drop down over the page */
+#search { flex: 0 1 34rem; margin-left: auto; position: relative;
+  --pagefind-ui-scale: .7; --pagefind-ui-border-width: 1px; }
+#search .pagefind-ui__search-input { background: #fff; }
+#search .pagefind-ui__drawer { position: absolute; top: 100%; left: 0; right: 0; background: #fff;
+  border: 1px solid var(--line); border-radius: 6px; box-shadow: 0 8px 24px rgba(0, 0, 0, .18);
+  max-height: 75vh; overflow-y: auto; padding: 0 1rem; }
+#search .pagefind-ui__drawer:empty { display: none; }
+/* The main column holds a 120-column code line at 1400 px (about 1000 px of .85rem monospace): a 220 px sidebar,
+   and the table of contents only from 1600 px on. Prose keeps a readable measure; code and tables use the width. */
+.layout { display: grid; grid-template-columns: 220px minmax(0, 1fr); gap: 2rem; max-width: 1720px;
+  margin: 0 auto; padding: 0 1.5rem; }
+.toc { display: none; }
+@media (min-width: 1600px) { .layout { grid-template-columns: 220px minmax(0, 1fr) 200px; } .toc { display: block; } }
+main p, main li, main blockquote, .title-block { max-width: 56rem; }
+main td p, main td li, main p:has(> math[display="block"]) { max-width: none; }
 .sidebar, .toc { position: sticky; top: 3.5rem; align-self: start; max-height: calc(100vh - 4rem); overflow-y: auto; padding-top: 1.5rem; font-size: .9rem; }
 .sidebar ul, .toc ul { list-style: none; padding-left: 0; margin: 0; } .toc li.toc3 { padding-left: .8rem; font-size: .85rem; }
 .sidebar li { margin: .15rem 0; } .sidebar li.depth1 { padding-left: 1rem; } .sidebar li.section { font-weight: 600; margin-top: .6rem; }
@@ -194,15 +235,24 @@ pre { background: var(--code-bg); padding: .7rem 1rem; border-radius: 4px; overf
 code { font-family: SFMono-Regular, Menlo, Consolas, monospace; font-size: .9em; }
 p code, li code, td code { background: var(--code-bg); padding: .1em .3em; border-radius: 3px; color: #7d12ba; }
 .cell { margin: 1rem 0; } .cell > div.sourceCode, .cell > pre { border-left: 3px solid var(--accent); }
-.cell-output { margin: .3rem 0 0 .8rem; overflow-x: auto; } .cell-output-stderr pre { background: #fff5f5; }
-.cell-output pre { background: none; border-left: 2px solid lightsalmon; border-radius: 0; }
+.cell-output, .cell > .output { margin: .3rem 0 0 .8rem; overflow-x: auto; }
+.cell-output-stderr pre, .cell > .output.stderr pre { background: #fff5f5; }
+.cell-output pre, .cell > .output pre { background: none; border-left: 2px solid lightsalmon; border-radius: 0; }
+/* Source lines longer than the column wrap (continuations indented) instead of scrolling; outputs keep their layout. */
+.cell pre > code.sourceCode { white-space: pre-wrap; overflow-wrap: anywhere; }
+.cell pre > code.sourceCode > span { text-indent: -4ch; padding-left: 4ch; }
 .api { border: 1px solid var(--line); border-radius: 6px; padding: .2rem 1rem .6rem; margin: 1.2rem 0; background: #fcfcfd; }
 .api h3, .api h4 { margin-top: .6rem; font-family: SFMono-Regular, Menlo, Consolas, monospace; font-size: 1.1rem; }
 .api pre { background: var(--code-bg); } .api a[target] { float: right; font-size: .8rem; }
-math[display="block"] { margin: .8rem 0; overflow-x: auto; } table { border-collapse: collapse; margin: 1rem 0; }
+/* Display math: Chromium lays MathML out a few px taller than its box, so any overflow setting showed a vertical
+   scrollbar. Padding gives the box that room; overflow-y: hidden keeps rounding from ever drawing a scrollbar; a
+   sideways scrollbar appears only for an equation wider than the column. */
+math[display="block"] { margin: .3rem 0; padding: .5em 0; overflow-x: auto; overflow-y: hidden; }
+table { border-collapse: collapse; margin: 1rem 0; }
 th, td { border: 1px solid var(--line); padding: .3rem .7rem; } img { max-width: 100%; }
 blockquote { border-left: 4px solid var(--line); margin-left: 0; padding-left: 1rem; color: var(--muted); }
-@media (max-width: 1000px) { .layout { grid-template-columns: 1fr; } .sidebar, .toc { position: static; max-height: none; } .toc { display: none; } }
+@media (max-width: 1000px) { .layout { grid-template-columns: 1fr; } .sidebar, .toc { position: static; max-height: none; }
+  .toc { display: none; } #search { flex-basis: 16rem; } }
 '''
 
 if __name__ == '__main__':

@@ -21,8 +21,9 @@ def main(steps=3000, batch_size=64, lr=2e-3, out=None, ckpt='runs/digits_noisy_c
     dl = get_dataloader('digits', batch_size=batch_size, split='train', drop_last=True, generator=torch.Generator().manual_seed(0))
     model = NoisyClassifier(num_classes=10)
     t0 = time.time()
-    st = train(model, noisy_classifier_loss(schedule, torch.Generator().manual_seed(1)), dl, steps, lr, warmup=100,
-               weight_decay=1e-4, ema_decay=0.999, ckpt=ckpt, ckpt_every=500, seed=0)
+    g = torch.Generator().manual_seed(1)                 # the loss's t and eps; train checkpoints its state with the run
+    st = train(model, noisy_classifier_loss(schedule, g), dl, steps, lr, warmup=100, weight_decay=1e-4, ema_decay=0.999,
+               ckpt=ckpt, ckpt_every=500, seed=0, generator=g)
     if not st.accelerator.is_main_process: return
     clf = st.ema.cpu().eval()
     x, y = load_digits('test')

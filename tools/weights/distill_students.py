@@ -59,7 +59,7 @@ def direct(data, cfg, device):
     d = cfg['direct']; teacher = load_denoiser(cfg['teacher'], device)
     shape = (1, 16, 16) if data == 'digits' else (2,)
     cache = Path(f'runs/distill_pairs_{data}_{d["pairs"]}.pt')
-    if cache.is_file(): noise, x = torch.load(cache)
+    if cache.is_file(): noise, x = torch.load(cache, weights_only=True)   # tensors only: unpickles no code
     else:
         t0 = time.time()
         noise, x = teacher_pairs(teacher, (d['pairs'], *shape), START, generator=torch.Generator().manual_seed(1234), progress=True)
