@@ -21,26 +21,32 @@ written to benchmarks/results.json (a partial run, e.g. --only unet, replaces on
 replace only the rows they measured). Options: --only notebooks,samplers,unet  --nbs 00_core,01_data  --modes ci,learner
 --jobs 2 (CI mode)  --out FILE (then the lessons are left alone)
 """
+
 import argparse, datetime, importlib.util, inspect, json, os, platform, re, statistics, subprocess, sys, time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-RESULTS = ROOT/'benchmarks'/'results.json'
+RESULTS = ROOT / 'benchmarks' / 'results.json'
 NB_GOAL_S, COURSE_GOAL_S, RATIO_GOAL = 180, 900, 1.0
 SAMPLER_STEPS = 50
+
 
 # ---------------------------------------------------------------- 1. notebooks
 def execute_notebook(path):
     "(child process) Execute a notebook in memory, in a fresh kernel, as CI does; never writes it."
     import nbformat
     from nbclient import NotebookClient
+
     nb = nbformat.read(path, as_version=4)
-    NotebookClient(nb, timeout=1800, kernel_name='python3', resources={'metadata': {'path': str(Path(path).parent)}}).execute()
+    NotebookClient(
+        nb, timeout=1800, kernel_name='python3', resources={'metadata': {'path': str(Path(path).parent)}}
+    ).execute()
+
 
 def mode_env(mode, threads):
     "The environment a notebook runs under: as CI runs it, or as a learner does (all cores, no IN_TEST, inline plots)."
-    env = {**os.environ, 'HF_HUB_OFFLINE': '1', 'PYTHONWARNINGS': 'ignore::DeprecationWarning'}   # no downloads
+    env = {**os.environ, 'HF_HUB_OFFLINE': '1', 'PYTHONWARNINGS': 'ignore::DeprecationWarning'}  # no downloads
     if mode == 'ci':
         ci = {'IN_TEST': '1', 'OMP_NUM_THREADS': str(threads), 'MPLBACKEND': 'Agg', 'TOKENIZERS_PARALLELISM': 'false'}
         return {**env, **ci}
@@ -48,153 +54,255 @@ def mode_env(mode, threads):
         env.pop(k, None)
     return {**env, 'MPLBACKEND': 'module://matplotlib_inline.backend_inline'}
 
+
 def time_notebook(nb, mode, threads):
     t0 = time.perf_counter()
-    r = subprocess.run([sys.executable, __file__, '--_execute', str(nb)], env=mode_env(mode, threads),
-                       capture_output=True, text=True)
+    r = subprocess.run(
+        [sys.executable, __file__, '--_execute', str(nb)], env=mode_env(mode, threads), capture_output=True, text=True
+    )
     s = time.perf_counter() - t0
-    err = re.sub(r'\x1b\[[0-9;]*m', '', r.stderr.strip().splitlines()[-1])[:300] if r.returncode else None   # the exception line
+    err = (
+        re.sub(r'\x1b\[[0-9;]*m', '', r.stderr.strip().splitlines()[-1])[:300] if r.returncode else None
+    )  # the exception line
     goal = NB_GOAL_S if nb.name != 'index.ipynb' else None
-    return dict(notebook=nb.name, mode=mode, device='cpu', seconds=round(s, 1), ok=not r.returncode, error=err,
-                goal_s=goal, met=None if goal is None or r.returncode else s <= goal,   # a failed run proves nothing
-                threads=threads if mode == 'ci' else 'all', date=datetime.date.today().isoformat())
+    return dict(
+        notebook=nb.name,
+        mode=mode,
+        device='cpu',
+        seconds=round(s, 1),
+        ok=not r.returncode,
+        error=err,
+        goal_s=goal,
+        met=None if goal is None or r.returncode else s <= goal,  # a failed run proves nothing
+        threads=threads if mode == 'ci' else 'all',
+        date=datetime.date.today().isoformat(),
+    )
+
 
 # How each mode runs the notebooks: CI two at a time (--jobs) on one thread each (--threads); a learner one at a time.
 MODES = dict(ci=lambda args: (args.jobs, args.threads), learner=lambda args: (1, None))
 
+
 def bench_notebooks(args, old=()):
     "Time the notebooks in each mode; rows of notebooks (or modes) not run now are kept from `old`."
-    nbs = sorted(p for p in (ROOT/'nbs').glob('*.ipynb') if not p.name.startswith(('_', '.')))
-    if args.nbs: nbs = [p for p in nbs if any(p.stem.startswith(n) for n in args.nbs.split(','))]
+    nbs = sorted(p for p in (ROOT / 'nbs').glob('*.ipynb') if not p.name.startswith(('_', '.')))
+    if args.nbs:
+        nbs = [p for p in nbs if any(p.stem.startswith(n) for n in args.nbs.split(','))]
     rows = []
     for mode in args.modes.split(','):
         jobs, threads = MODES[mode](args)
         t0 = time.perf_counter()
-        with ThreadPoolExecutor(jobs) as ex: new = list(ex.map(lambda p: time_notebook(p, mode, threads), nbs))
+        with ThreadPoolExecutor(jobs) as ex:
+            new = list(ex.map(lambda p: time_notebook(p, mode, threads), nbs))
         wall = time.perf_counter() - t0
         rows += new
-        if args.nbs: continue     # a curriculum row only for a run of every notebook
+        if args.nbs:
+            continue  # a curriculum row only for a run of every notebook
         ok = all(r['ok'] for r in new)
         goal = COURSE_GOAL_S if mode == 'ci' else None
-        rows.append(dict(notebook=f'curriculum ({len(nbs)} notebooks, {jobs} at a time)', mode=mode, device='cpu',
-                         seconds=round(wall, 1), ok=ok, error=None, goal_s=goal,
-                         met=wall <= goal if goal and ok else None,
-                         sum_seconds=round(sum(r['seconds'] for r in new), 1), date=datetime.date.today().isoformat()))
+        rows.append(
+            dict(
+                notebook=f'curriculum ({len(nbs)} notebooks, {jobs} at a time)',
+                mode=mode,
+                device='cpu',
+                seconds=round(wall, 1),
+                ok=ok,
+                error=None,
+                goal_s=goal,
+                met=wall <= goal if goal and ok else None,
+                sum_seconds=round(sum(r['seconds'] for r in new), 1),
+                date=datetime.date.today().isoformat(),
+            )
+        )
     done = {row_key(r) for r in rows}
     kept = [r for r in old if row_key(r) not in done]
     return sorted(kept + rows, key=lambda r: (row_key(r)[1], r['notebook'].startswith('curriculum'), r['notebook']))
+
 
 def row_key(r):
     "(notebook, mode) of a notebooks row; one curriculum row per mode."
     return 'curriculum' if r['notebook'].startswith('curriculum') else r['notebook'], r.get('mode', 'ci')
 
+
 def refresh_lessons(results):
     "Regenerate the time item of every lesson's cost cell from `results` (tools/course.py's `headers`); clean them."
-    spec = importlib.util.spec_from_file_location('course', ROOT/'tools'/'course.py')
+    spec = importlib.util.spec_from_file_location('course', ROOT / 'tools' / 'course.py')
     course = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(course)
     have = [p for p in course.lessons() if course.COST_HEAD in p.read_text()]
     return course.headers(*have, results=results) if have else []
 
+
 # ---------------------------------------------------------------- 2. samplers against diffusers' schedulers
 def _sync(device):
     import torch
-    if device == 'cuda': torch.cuda.synchronize()
+
+    if device == 'cuda':
+        torch.cuda.synchronize()
+
 
 def sampler_pair(name, device, batch):
     "Two thunks that sample with the same counting network: ours (diffcourse.samplers) and diffusers' scheduler loop."
     import torch, diffusers
     from diffcourse.schedules import Schedule
     from diffcourse.samplers import Denoiser, sample
-    net = torch.nn.Conv2d(1, 1, 1).to(device)              # the cheapest network: what remains is the sampler's cost
+
+    net = torch.nn.Conv2d(1, 1, 1).to(device)  # the cheapest network: what remains is the sampler's cost
     calls = dict(n=0)
-    def eps_net(x, t, **kw): calls['n'] += 1; return net(x)
+
+    def eps_net(x, t, **kw):
+        calls['n'] += 1
+        return net(x)
+
     schedule = Schedule.from_name('linear', T=1000)
     model = Denoiser(eps_net, schedule, 'eps')
     cls, kw = DIFFUSERS[name]
     sch = getattr(diffusers, cls)(num_train_timesteps=schedule.T, trained_betas=schedule.betas.numpy(), **kw)
-    noise = torch.randn(batch, 1, 16, 16, generator=torch.Generator().manual_seed(0)).to(device)   # (B, 1, 16, 16)
+    noise = torch.randn(batch, 1, 16, 16, generator=torch.Generator().manual_seed(0)).to(device)  # (B, 1, 16, 16)
+
     @torch.no_grad()
-    def ours(): return sample(name, model, noise, SAMPLER_STEPS, generator=torch.Generator(device).manual_seed(1))
+    def ours():
+        return sample(name, model, noise, SAMPLER_STEPS, generator=torch.Generator(device).manual_seed(1))
+
     @torch.no_grad()
     def theirs():
-        kw = dict(generator=torch.Generator(device).manual_seed(1)) if 'generator' in inspect.signature(sch.step).parameters else {}
+        kw = (
+            dict(generator=torch.Generator(device).manual_seed(1))
+            if 'generator' in inspect.signature(sch.step).parameters
+            else {}
+        )
         sch.set_timesteps(SAMPLER_STEPS, device=device)
         x = noise * sch.init_noise_sigma
         for t in sch.timesteps:
             x = sch.step(eps_net(sch.scale_model_input(x, t), t), t, x, **kw).prev_sample
         return x
+
     return calls, ours, theirs
 
+
 # The diffusers scheduler each sampler matches, configured as tests/test_samplers.py checks they agree step by step.
-DIFFUSERS = dict(ddpm=('DDPMScheduler', dict(clip_sample=False)), ddim=('DDIMScheduler', dict(clip_sample=False)),
-                 euler=('EulerDiscreteScheduler', dict(use_karras_sigmas=True)),
-                 heun=('HeunDiscreteScheduler', dict(use_karras_sigmas=True)), dpmpp_2m=('DPMSolverMultistepScheduler', {}))
+DIFFUSERS = dict(
+    ddpm=('DDPMScheduler', dict(clip_sample=False)),
+    ddim=('DDIMScheduler', dict(clip_sample=False)),
+    euler=('EulerDiscreteScheduler', dict(use_karras_sigmas=True)),
+    heun=('HeunDiscreteScheduler', dict(use_karras_sigmas=True)),
+    dpmpp_2m=('DPMSolverMultistepScheduler', {}),
+)
+
 
 def time_alternately(fns, device, rounds):
     "Median seconds of each thunk, run in turn `rounds` times after one warm-up each (so drifts hit both alike)."
-    for f in fns: f()
+    for f in fns:
+        f()
     times = [[] for _ in fns]
     for _ in range(rounds):
         for f, ts in zip(fns, times):
-            _sync(device); t0 = time.perf_counter(); f(); _sync(device); ts.append(time.perf_counter() - t0)
+            _sync(device)
+            t0 = time.perf_counter()
+            f()
+            _sync(device)
+            ts.append(time.perf_counter() - t0)
     return [statistics.median(ts) for ts in times]
+
 
 def bench_samplers(args, devices):
     import torch
     from diffcourse.unet import UNet
+
     rows = []
     for device in devices:
         batch = 1 if device == 'cpu' else 64
-        net = UNet(**digits_config()).to(device).eval()      # what a real evaluation costs, to set the overhead against
-        x, t = torch.randn(batch, 1, 16, 16, device=device), torch.full((batch,), 500., device=device)
-        with torch.no_grad(): unet_s, = time_alternately([lambda: [net(x, t) for _ in range(10)]], device, args.rounds)
+        net = UNet(**digits_config()).to(device).eval()  # what a real evaluation costs, to set the overhead against
+        x, t = torch.randn(batch, 1, 16, 16, device=device), torch.full((batch,), 500.0, device=device)
+        with torch.no_grad():
+            (unet_s,) = time_alternately([lambda: [net(x, t) for _ in range(10)]], device, args.rounds)
         for name in DIFFUSERS:
             calls, ours, theirs = sampler_pair(name, device, batch)
             evals = []
-            for f in (ours, theirs): calls['n'] = 0; f(); evals.append(calls['n'])
+            for f in (ours, theirs):
+                calls['n'] = 0
+                f()
+                evals.append(calls['n'])
             t_ours, t_theirs = time_alternately([ours, theirs], device, args.rounds)
             mem = [peak_memory('sampler', name, device, side) for side in ('ours', 'diffusers')]
-            rows.append(dict(sampler=name, diffusers=DIFFUSERS[name][0], device=device, batch=batch, steps=SAMPLER_STEPS,
-                             evals_ours=evals[0], evals_diffusers=evals[1],
-                             ms_per_eval_ours=round(1e3 * t_ours / evals[0], 3), ms_per_eval_diffusers=round(1e3 * t_theirs / evals[1], 3),
-                             ratio=round(ratio := (t_ours / evals[0]) / (t_theirs / evals[1]), 2), goal=RATIO_GOAL, met=ratio <= RATIO_GOAL,
-                             peak_mb_ours=mem[0], peak_mb_diffusers=mem[1], unet_ms_per_eval=round(1e3 * unet_s / 10, 2)))
+            rows.append(
+                dict(
+                    sampler=name,
+                    diffusers=DIFFUSERS[name][0],
+                    device=device,
+                    batch=batch,
+                    steps=SAMPLER_STEPS,
+                    evals_ours=evals[0],
+                    evals_diffusers=evals[1],
+                    ms_per_eval_ours=round(1e3 * t_ours / evals[0], 3),
+                    ms_per_eval_diffusers=round(1e3 * t_theirs / evals[1], 3),
+                    ratio=round(ratio := (t_ours / evals[0]) / (t_theirs / evals[1]), 2),
+                    goal=RATIO_GOAL,
+                    met=ratio <= RATIO_GOAL,
+                    peak_mb_ours=mem[0],
+                    peak_mb_diffusers=mem[1],
+                    unet_ms_per_eval=round(1e3 * unet_s / 10, 2),
+                )
+            )
     return rows
+
 
 # ---------------------------------------------------------------- 3. U-Net training throughput
 def digits_config():
-    "The shipped digits U-Net's configuration: CONFIG of tools/weights/digits_unet.py (imported; its main() is not run)."
+    """The shipped digits U-Net's configuration: CONFIG of tools/weights/digits_unet.py
+    (imported; its main() is not run)."""
     import importlib.util
-    spec = importlib.util.spec_from_file_location('digits_unet_script', ROOT/'tools'/'weights'/'digits_unet.py')
-    script = importlib.util.module_from_spec(spec); spec.loader.exec_module(script)
+
+    spec = importlib.util.spec_from_file_location('digits_unet_script', ROOT / 'tools' / 'weights' / 'digits_unet.py')
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
     return script.CONFIG
 
+
 def unet_pair(device):
-    "Our U-Net in the shipped digits U-Net's configuration (fresh weights), and diffusers' UNet2DModel of the same shape."
+    """Our U-Net in the shipped digits U-Net's configuration (fresh weights),
+    and diffusers' UNet2DModel of the same shape."""
     from diffusers import UNet2DModel
     from diffcourse.unet import UNet
+
     ours = UNet(**digits_config())
     cfg = ours.config
     down = tuple('AttnDownBlock2D' if a else 'DownBlock2D' for a in cfg['attn'])
     up = tuple('AttnUpBlock2D' if a else 'UpBlock2D' for a in reversed(cfg['attn']))
-    theirs = UNet2DModel(sample_size=16, in_channels=cfg['in_channels'], out_channels=cfg['out_channels'],
-                         block_out_channels=cfg['channels'], layers_per_block=cfg['layers'], down_block_types=down,
-                         up_block_types=up, norm_num_groups=cfg['groups'], attention_head_dim=cfg['channels'][-1] // cfg['heads'])
-    return dict(ours=(ours.to(device), lambda m, x, t: m(x, t)), diffusers=(theirs.to(device), lambda m, x, t: m(x, t).sample)), cfg
+    theirs = UNet2DModel(
+        sample_size=16,
+        in_channels=cfg['in_channels'],
+        out_channels=cfg['out_channels'],
+        block_out_channels=cfg['channels'],
+        layers_per_block=cfg['layers'],
+        down_block_types=down,
+        up_block_types=up,
+        norm_num_groups=cfg['groups'],
+        attention_head_dim=cfg['channels'][-1] // cfg['heads'],
+    )
+    return dict(
+        ours=(ours.to(device), lambda m, x, t: m(x, t)), diffusers=(theirs.to(device), lambda m, x, t: m(x, t).sample)
+    ), cfg
+
 
 def train_thunk(model, call, device, batch, steps):
     "A thunk doing `steps` training steps (forward, MSE loss, backward, AdamW step) on a fixed random batch."
     import torch
+
     g = torch.Generator().manual_seed(0)
-    x, target = torch.randn(2, batch, 1, 16, 16, generator=g).to(device)           # (B, 1, 16, 16) each
-    t = torch.randint(0, 1000, (batch,), generator=g).to(device)                     # (B,)
+    x, target = torch.randn(2, batch, 1, 16, 16, generator=g).to(device)  # (B, 1, 16, 16) each
+    t = torch.randint(0, 1000, (batch,), generator=g).to(device)  # (B,)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+
     def run():
         for _ in range(steps):
             loss = (call(model, x, t) - target).square().mean()
-            opt.zero_grad(set_to_none=True); loss.backward(); opt.step()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+
     return run
+
 
 def bench_unet(args, devices):
     rows = []
@@ -205,59 +313,105 @@ def bench_unet(args, devices):
         secs = time_alternately(fns, device, args.rounds)
         ips = [batch * steps / s for s in secs]
         for (side, (m, _)), v in zip(pair.items(), ips):
-            rows.append(dict(model=side, device=device, batch=batch, params=sum(p.numel() for p in m.parameters()),
-                             images_per_s=round(v, 1), ratio=round(ips[0] / ips[1], 2) if side == 'ours' else None,
-                             peak_mb=peak_memory('unet', side, device, batch), config=cfg if side == 'ours' else None))
+            rows.append(
+                dict(
+                    model=side,
+                    device=device,
+                    batch=batch,
+                    params=sum(p.numel() for p in m.parameters()),
+                    images_per_s=round(v, 1),
+                    ratio=round(ips[0] / ips[1], 2) if side == 'ours' else None,
+                    peak_mb=peak_memory('unet', side, device, batch),
+                    config=cfg if side == 'ours' else None,
+                )
+            )
     return rows
+
 
 # ---------------------------------------------------------------- 4. peak memory, in a fresh process per measurement
 def peak_memory(kind, name, device, extra):
-    r = subprocess.run([sys.executable, __file__, '--_peak', kind, name, device, str(extra)], capture_output=True, text=True,
-                       env={**os.environ, 'OMP_NUM_THREADS': os.environ.get('OMP_NUM_THREADS', '1')})
+    r = subprocess.run(
+        [sys.executable, __file__, '--_peak', kind, name, device, str(extra)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, 'OMP_NUM_THREADS': os.environ.get('OMP_NUM_THREADS', '1')},
+    )
     return json.loads(r.stdout.strip().splitlines()[-1]) if r.returncode == 0 else f'failed: {r.stderr.strip()[-200:]}'
+
 
 def measure_peak(kind, name, device, extra):
     "(child process) Peak memory in MB of one sampling run or 3 training steps, above what set-up used."
     import torch
+
     if kind == 'sampler':
         _, ours, theirs = sampler_pair(name, device, 1 if device == 'cpu' else 64)
         fn = ours if extra == 'ours' else theirs
     else:
-        pair, _ = unet_pair(device); m, call = pair[name]
+        pair, _ = unet_pair(device)
+        m, call = pair[name]
         fn = train_thunk(m, call, device, int(extra), 3)
     if device == 'cuda':
-        torch.cuda.synchronize(); base = torch.cuda.memory_allocated(); torch.cuda.reset_peak_memory_stats()
-        fn(); torch.cuda.synchronize()
+        torch.cuda.synchronize()
+        base = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+        fn()
+        torch.cuda.synchronize()
         return round((torch.cuda.max_memory_allocated() - base) / 2**20, 1)
     # CPU: reset the kernel's peak-RSS mark (VmHWM) to the current RSS, run, read the mark: the peak the run added.
     # (tracemalloc does not see torch's allocator, and ru_maxrss cannot be reset: set-up often peaks higher.)
     kb = lambda key: int(re.search(rf'{key}:\s+(\d+) kB', Path('/proc/self/status').read_text())[1])
     Path('/proc/self/clear_refs').write_text('5')
-    base = kb('VmRSS'); fn()
+    base = kb('VmRSS')
+    fn()
     return round((kb('VmHWM') - base) / 1024, 1)
+
 
 # ---------------------------------------------------------------- report
 def machine():
     import torch, diffusers
-    cpu = next((l.split(':', 1)[1].strip() for l in Path('/proc/cpuinfo').read_text().splitlines() if l.startswith('model name')), platform.processor()) \
-        if Path('/proc/cpuinfo').exists() else platform.processor()
-    return dict(date=datetime.date.today().isoformat(), cpu=cpu, cores=os.cpu_count(), python=platform.python_version(),
-                torch=torch.__version__, diffusers=diffusers.__version__,
-                gpu=torch.cuda.get_device_name() if torch.cuda.is_available() else None)
+
+    cpu = (
+        next(
+            (
+                l.split(':', 1)[1].strip()
+                for l in Path('/proc/cpuinfo').read_text().splitlines()
+                if l.startswith('model name')
+            ),
+            platform.processor(),
+        )
+        if Path('/proc/cpuinfo').exists()
+        else platform.processor()
+    )
+    return dict(
+        date=datetime.date.today().isoformat(),
+        cpu=cpu,
+        cores=os.cpu_count(),
+        python=platform.python_version(),
+        torch=torch.__version__,
+        diffusers=diffusers.__version__,
+        gpu=torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+    )
+
 
 def table(rows, cols):
-    if not rows: return ''
+    if not rows:
+        return ''
     cells = [[str(r.get(c, ''))[:70] if r.get(c) is not None else '' for c in cols] for r in rows]
     w = [max(len(c), *(len(x[i]) for x in cells)) for i, c in enumerate(cols)]
     line = lambda xs: '  '.join(x.ljust(n) for x, n in zip(xs, w))
     return '\n'.join([line(cols), line(['-' * n for n in w])] + [line(x) for x in cells])
 
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument('--only', default='notebooks,samplers,unet', help='comma-separated parts to run')
     p.add_argument('--nbs', default='', help='only notebooks whose name starts with one of these (comma-separated)')
-    p.add_argument('--modes', default='ci,learner', help='how the notebooks run: ci (IN_TEST=1, --jobs at a time, '
-                   '--threads each), learner (one at a time, all cores, not under IN_TEST)')
+    p.add_argument(
+        '--modes',
+        default='ci,learner',
+        help='how the notebooks run: ci (IN_TEST=1, --jobs at a time, '
+        '--threads each), learner (one at a time, all cores, not under IN_TEST)',
+    )
     p.add_argument('--jobs', type=int, default=2, help='notebooks executed at a time in CI mode (CI: 2)')
     p.add_argument('--threads', type=int, default=1, help='OMP_NUM_THREADS of each notebook kernel in CI mode (CI: 1)')
     p.add_argument('--rounds', type=int, default=5, help='timed repetitions of each sampler / training measurement')
@@ -266,23 +420,44 @@ def main():
     if set(args.modes.split(',')) - set(MODES):
         p.error(f'unknown modes in --modes {args.modes!r}; valid choices are {list(MODES)}')
     import torch
+
     devices = ['cpu'] + (['cuda'] if torch.cuda.is_available() else [])
     torch.set_num_threads(max(1, args.threads))
     exe = os.path.relpath(sys.executable, ROOT) if Path(sys.executable).is_relative_to(ROOT) else sys.executable
     out = Path(args.out)
-    res = json.loads(out.read_text()) if out.exists() else {}     # parts not run now keep their last results
+    res = json.loads(out.read_text()) if out.exists() else {}  # parts not run now keep their last results
     last = res.get('measured', {}).get('notebooks', {}).get('date') or res.get('machine', {}).get('date')
-    for r in res.get('notebooks', []):                               # rows from before each row had a mode and a date
+    for r in res.get('notebooks', []):  # rows from before each row had a mode and a date
         r.setdefault('mode', 'ci')
         r.setdefault('date', last)
     res.update(machine=machine(), command=' '.join([exe, os.path.relpath(__file__, ROOT), *sys.argv[1:]]))
     nb_cols = ['notebook', 'mode', 'device', 'seconds', 'goal_s', 'met', 'ok', 'sum_seconds', 'error']
-    parts = dict(notebooks=(bench_notebooks, nb_cols),
-                 samplers=(bench_samplers, ['sampler', 'diffusers', 'device', 'batch', 'evals_ours', 'evals_diffusers', 'ms_per_eval_ours',
-                                            'ms_per_eval_diffusers', 'ratio', 'goal', 'met', 'unet_ms_per_eval', 'peak_mb_ours', 'peak_mb_diffusers']),
-                 unet=(bench_unet, ['model', 'device', 'batch', 'params', 'images_per_s', 'ratio', 'peak_mb']))
+    parts = dict(
+        notebooks=(bench_notebooks, nb_cols),
+        samplers=(
+            bench_samplers,
+            [
+                'sampler',
+                'diffusers',
+                'device',
+                'batch',
+                'evals_ours',
+                'evals_diffusers',
+                'ms_per_eval_ours',
+                'ms_per_eval_diffusers',
+                'ratio',
+                'goal',
+                'met',
+                'unet_ms_per_eval',
+                'peak_mb_ours',
+                'peak_mb_diffusers',
+            ],
+        ),
+        unet=(bench_unet, ['model', 'device', 'batch', 'params', 'images_per_s', 'ratio', 'peak_mb']),
+    )
     bad = set(args.only.split(',')) - set(parts)
-    if bad: p.error(f'unknown parts {sorted(bad)}; valid choices are {list(parts)}')
+    if bad:
+        p.error(f'unknown parts {sorted(bad)}; valid choices are {list(parts)}')
     print(json.dumps(res['machine']))
     for part in args.only.split(','):
         fn, cols = parts[part]
@@ -294,7 +469,11 @@ def main():
     if 'notebooks' in args.only.split(',') and out.resolve() == RESULTS.resolve():
         print(f'lesson cost cells regenerated: {[p.name for p in refresh_lessons(res)]}')
 
+
 if __name__ == '__main__':
-    if sys.argv[1:2] == ['--_execute']: execute_notebook(sys.argv[2])
-    elif sys.argv[1:2] == ['--_peak']: print(json.dumps(measure_peak(*sys.argv[2:6])))
-    else: main()
+    if sys.argv[1:2] == ['--_execute']:
+        execute_notebook(sys.argv[2])
+    elif sys.argv[1:2] == ['--_peak']:
+        print(json.dumps(measure_peak(*sys.argv[2:6])))
+    else:
+        main()

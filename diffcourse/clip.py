@@ -24,16 +24,22 @@ __all__ = ['BOS', 'EOS', 'TOKENIZER_ALPHABET', 'GLYPH_STYLE_WORDS', 'GLYPH_CLIP'
            'cutouts', 'clip_log_prob', 'clip_guidance']
 
 # %% ../nbs/08b_clip.ipynb #ea0fbd6a
-def _merge_pair(symbols:list, pair:tuple) -> list:
+def _merge_pair(symbols: list, pair: tuple) -> list:
     "Replace every adjacent occurrence of `pair` in `symbols` by the merged symbol."
     out, i = [], 0
     while i < len(symbols):
-        if i + 1 < len(symbols) and (symbols[i], symbols[i + 1]) == pair: out.append(symbols[i] + symbols[i + 1]); i += 2
-        else: out.append(symbols[i]); i += 1
+        if i + 1 < len(symbols) and (symbols[i], symbols[i + 1]) == pair:
+            out.append(symbols[i] + symbols[i + 1])
+            i += 2
+        else:
+            out.append(symbols[i])
+            i += 1
     return out
 
-def bpe_merges(words:list, # the words to turn into single tokens (already lower-cased)
-              ) -> list: # the merges in the order learned, [(left, right), ...]
+
+def bpe_merges(
+    words: list,  # the words to turn into single tokens (already lower-cased)
+) -> list:  # the merges in the order learned, [(left, right), ...]
     "Learn byte-pair-encoding merges on `words` until every word is a single token."
     bad = [w for w in words if not isinstance(w, str) or not w or any(c.isspace() for c in w)]
     if bad:
@@ -42,55 +48,86 @@ def bpe_merges(words:list, # the words to turn into single tokens (already lower
     merges = []
     while True:
         pairs = collections.Counter(p for s in segs.values() for p in zip(s, s[1:]))
-        if not pairs: return merges
+        if not pairs:
+            return merges
         best = max(pairs, key=lambda p: (pairs[p], p))  # the most frequent pair; ties broken by the pair itself
         merges.append(best)
         segs = {w: _merge_pair(s, best) for w, s in segs.items()}
 
 # %% ../nbs/08b_clip.ipynb #551fec0e
 BOS, EOS = '<|startoftext|>', '<|endoftext|>'
-TOKENIZER_ALPHABET = string.ascii_lowercase + string.digits + string.punctuation  # what a prompt may use (after lower-casing), besides spaces
+TOKENIZER_ALPHABET = (
+    string.ascii_lowercase + string.digits + string.punctuation
+)  # what a prompt may use (after lower-casing), besides spaces
 
-def glyph_vocab(merges:list) -> dict: # symbol -> id
+
+def glyph_vocab(merges: list) -> dict:  # symbol -> id
     "The vocabulary: special tokens, each alphabet character alone and word-final, then one symbol per merge."
     vocab = {BOS: 0, EOS: 1}
-    for c in TOKENIZER_ALPHABET: vocab.setdefault(c, len(vocab)); vocab.setdefault(c + '</w>', len(vocab))
-    for a, b in merges: vocab.setdefault(a + b, len(vocab))
+    for c in TOKENIZER_ALPHABET:
+        vocab.setdefault(c, len(vocab))
+        vocab.setdefault(c + '</w>', len(vocab))
+    for a, b in merges:
+        vocab.setdefault(a + b, len(vocab))
     return vocab
 
-def write_tokenizer_files(folder, # where to write vocab.json, merges.txt and tokenizer_config.json
-                          vocab:dict, merges:list, max_length:int=16):
+
+def write_tokenizer_files(
+    folder,  # where to write vocab.json, merges.txt and tokenizer_config.json
+    vocab: dict,
+    merges: list,
+    max_length: int = 16,
+):
     "Write the files `CLIPTokenizer.from_pretrained` reads."
     check_number(max_length, 'max_length (the start and end tokens and at least one word)', 3, integer=True)
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    (folder/'vocab.json').write_text(json.dumps(vocab))
-    (folder/'merges.txt').write_text('#version: 0.2\n' + ''.join(f'{a} {b}\n' for a, b in merges))
-    (folder/'tokenizer_config.json').write_text(json.dumps(dict(
-        tokenizer_class='CLIPTokenizer', model_max_length=max_length, bos_token=BOS, eos_token=EOS, unk_token=EOS, pad_token=EOS)))
+    (folder / 'vocab.json').write_text(json.dumps(vocab))
+    (folder / 'merges.txt').write_text('#version: 0.2\n' + ''.join(f'{a} {b}\n' for a, b in merges))
+    (folder / 'tokenizer_config.json').write_text(
+        json.dumps(
+            dict(
+                tokenizer_class='CLIPTokenizer',
+                model_max_length=max_length,
+                bos_token=BOS,
+                eos_token=EOS,
+                unk_token=EOS,
+                pad_token=EOS,
+            )
+        )
+    )
     return folder
+
 
 def load_tokenizer_files(folder):
     "Load a tokenizer folder with transformers' `CLIPTokenizer`."
     from transformers import CLIPTokenizer
+
     return CLIPTokenizer.from_pretrained(str(folder))
 
 # %% ../nbs/08b_clip.ipynb #12dbeca3
-def tokenizer_from(vocab:dict, merges:list, max_length:int=16, # what `write_tokenizer_files` writes
-                   folder=None): # where to write the files; None: a temporary folder, deleted once they are read
+def tokenizer_from(
+    vocab: dict,
+    merges: list,
+    max_length: int = 16,  # what `write_tokenizer_files` writes
+    folder=None,
+):  # where to write the files; None: a temporary folder, deleted once they are read
     "A `CLIPTokenizer` for `vocab` and `merges`, read from files written to `folder` (or to one removed afterwards)."
     if folder is not None:
         return load_tokenizer_files(write_tokenizer_files(folder, vocab, merges, max_length))
-    with tempfile.TemporaryDirectory(prefix='glyph_tokenizer_') as d:   # the tokenizer keeps what it read, in memory
+    with tempfile.TemporaryDirectory(prefix='glyph_tokenizer_') as d:  # the tokenizer keeps what it read, in memory
         return load_tokenizer_files(write_tokenizer_files(d, vocab, merges, max_length))
 
-def make_glyph_tokenizer(folder=None, # where to write the tokenizer files; None: nowhere (a temporary folder, removed)
-                         captions:list|None=None, # the captions to learn words from; None: the glyph training captions
-                         max_length:int=16, # tokens the text encoder takes, start and end tokens included
-                        ):
+
+def make_glyph_tokenizer(
+    folder=None,  # where to write the tokenizer files; None: nowhere (a temporary folder, removed)
+    captions: list | None = None,  # the captions to learn words from; None: the glyph training captions
+    max_length: int = 16,  # tokens the text encoder takes, start and end tokens included
+):
     "A `CLIPTokenizer` whose BPE merges make every caption word one token, written to `folder` and read from it."
     if captions is None:
         from diffcourse.data import load_glyphs
+
         captions = load_glyphs('train').captions
     if isinstance(captions, str) or not all(isinstance(c, str) for c in captions):
         raise TypeError(f"captions must be a list of strings, got {captions!r:.80}")
@@ -100,21 +137,27 @@ def make_glyph_tokenizer(folder=None, # where to write the tokenizer files; None
     merges = bpe_merges(words)
     tok = tokenizer_from(glyph_vocab(merges), merges, max_length, folder)
     split = [w for w in words if len(tok.tokenize(w)) != 1]
-    if split: raise RuntimeError(f"make_glyph_tokenizer: words not a single token: {split[:5]}")
+    if split:
+        raise RuntimeError(f"make_glyph_tokenizer: words not a single token: {split[:5]}")
     return tok
 
 # %% ../nbs/08b_clip.ipynb #f3a5e3e6
-def tiny_clip_config(vocab_size:int, # size of the tokenizer's vocabulary
-                     max_length:int=16, # text positions (start and end tokens included)
-                     text_hidden:int=64, # width of the text transformer (the `context_dim` a U-Net cross-attends to)
-                     text_layers:int=3, # text transformer layers
-                     vision_hidden:int=96, # width of the vision transformer
-                     vision_layers:int=4, # vision transformer layers
-                     heads:int=4, # attention heads in both
-                     projection_dim:int=64, # size of the shared image-text space
-                     image_size:int=16, patch_size:int=4, num_channels:int=1):
+def tiny_clip_config(
+    vocab_size: int,  # size of the tokenizer's vocabulary
+    max_length: int = 16,  # text positions (start and end tokens included)
+    text_hidden: int = 64,  # width of the text transformer (the `context_dim` a U-Net cross-attends to)
+    text_layers: int = 3,  # text transformer layers
+    vision_hidden: int = 96,  # width of the vision transformer
+    vision_layers: int = 4,  # vision transformer layers
+    heads: int = 4,  # attention heads in both
+    projection_dim: int = 64,  # size of the shared image-text space
+    image_size: int = 16,
+    patch_size: int = 4,
+    num_channels: int = 1,
+):
     "A `CLIPConfig` for a tiny CLIP on small one-channel images; token ids 0/1 are start/end (end also pads)."
     from transformers import CLIPConfig
+
     vocab_size = check_number(vocab_size, 'vocab_size', 2, integer=True)
     max_length = check_number(max_length, 'max_length', 3, integer=True)
     heads = check_number(heads, 'heads', 1, integer=True)
@@ -125,68 +168,112 @@ def tiny_clip_config(vocab_size:int, # size of the tokenizer's vocabulary
     if check_number(image_size, 'image_size', 1, integer=True) % patch_size:
         raise ValueError(f"image_size must be a multiple of patch_size={patch_size}, got {image_size}")
     return CLIPConfig(
-        text_config=dict(vocab_size=vocab_size, hidden_size=text_hidden, intermediate_size=2 * text_hidden,
-                         num_hidden_layers=text_layers, num_attention_heads=heads, max_position_embeddings=max_length,
-                         bos_token_id=0, eos_token_id=1, pad_token_id=1),
-        vision_config=dict(image_size=image_size, patch_size=patch_size, num_channels=num_channels, hidden_size=vision_hidden,
-                           intermediate_size=2 * vision_hidden, num_hidden_layers=vision_layers, num_attention_heads=heads),
-        projection_dim=projection_dim)
+        text_config=dict(
+            vocab_size=vocab_size,
+            hidden_size=text_hidden,
+            intermediate_size=2 * text_hidden,
+            num_hidden_layers=text_layers,
+            num_attention_heads=heads,
+            max_position_embeddings=max_length,
+            bos_token_id=0,
+            eos_token_id=1,
+            pad_token_id=1,
+        ),
+        vision_config=dict(
+            image_size=image_size,
+            patch_size=patch_size,
+            num_channels=num_channels,
+            hidden_size=vision_hidden,
+            intermediate_size=2 * vision_hidden,
+            num_hidden_layers=vision_layers,
+            num_attention_heads=heads,
+        ),
+        projection_dim=projection_dim,
+    )
 
 # %% ../nbs/08b_clip.ipynb #46bfb09b
 def _emb(out):
     "Projected embeddings from a `get_*_features` call (a tensor in transformers 4, an output object in 5)."
     return out if torch.is_tensor(out) else out.pooler_output
 
-def check_prompts(tokenizer, # the text encoder's tokenizer
-                  prompts, # a string or a list of strings
-                  allow_empty:bool=False, # the empty prompt is the "unconditional" prompt of classifier-free guidance
-                 ) -> list: # the prompts as a list
+
+def check_prompts(
+    tokenizer,  # the text encoder's tokenizer
+    prompts,  # a string or a list of strings
+    allow_empty: bool = False,  # the empty prompt is the "unconditional" prompt of classifier-free guidance
+) -> list:  # the prompts as a list
     "Raise on empty or unspellable prompts; warn when a prompt is truncated or uses words the tokenizer splits."
     prompts = [prompts] if isinstance(prompts, str) else list(prompts)
-    if not prompts: raise ValueError("No prompts given: pass a string or a non-empty list of strings")
+    if not prompts:
+        raise ValueError("No prompts given: pass a string or a non-empty list of strings")
     L = tokenizer.model_max_length
     for p in prompts:
-        if not isinstance(p, str): raise TypeError(f"Prompts must be strings, got {type(p).__name__}: {p!r}")
+        if not isinstance(p, str):
+            raise TypeError(f"Prompts must be strings, got {type(p).__name__}: {p!r}")
         if not p.strip() and not allow_empty:
-            raise ValueError("Empty prompt: say what to draw, e.g. 'a capital A' (pass allow_empty=True for the unconditional prompt)")
-        bad = sorted({c for c in p.lower() if not c.isspace() and c not in TOKENIZER_ALPHABET}) if len(tokenizer) < 1000 else []
-        if bad: raise ValueError(f"Prompt {p!r} uses characters the tokenizer cannot spell: {bad}; it knows {TOKENIZER_ALPHABET!r}")
+            raise ValueError(
+                "Empty prompt: say what to draw, e.g. 'a capital A' "
+                "(pass allow_empty=True for the unconditional prompt)"
+            )
+        bad = (
+            sorted({c for c in p.lower() if not c.isspace() and c not in TOKENIZER_ALPHABET})
+            if len(tokenizer) < 1000
+            else []
+        )
+        if bad:
+            raise ValueError(
+                f"Prompt {p!r} uses characters the tokenizer cannot spell: {bad}; it knows {TOKENIZER_ALPHABET!r}"
+            )
         toks = tokenizer.tokenize(p)
         if len(toks) + 2 > L:
             text = lambda ts: tokenizer.decode(tokenizer.convert_tokens_to_ids(ts)).strip()
-            warnings.warn(f"Prompt {p!r} is {len(toks) + 2} tokens (with start/end), the text encoder takes {L}: "
-                          f"it is truncated to {text(toks[:L - 2])!r}, dropping {text(toks[L - 2:])!r}")
+            warnings.warn(
+                f"Prompt {p!r} is {len(toks) + 2} tokens (with start/end), the text encoder takes {L}: "
+                f"it is truncated to {text(toks[: L - 2])!r}, dropping {text(toks[L - 2 :])!r}"
+            )
         split = [w for w in p.split() if len(tokenizer.tokenize(w)) > 1]
         if split and len(tokenizer) < 1000:
-            warnings.warn(f"Prompt {p!r}: {split} are not words of the glyph captions; they are spelled in pieces the model never saw in training")
+            warnings.warn(
+                f"Prompt {p!r}: {split} are not words of the glyph captions; "
+                "they are spelled in pieces the model never saw in training"
+            )
     return prompts
 
 # %% ../nbs/08b_clip.ipynb #f96147cc
-def tokenize(tokenizer, prompts:list, device=None) -> torch.Tensor: # (B, L) ids, padded with the end token to `model_max_length`
+def tokenize(
+    tokenizer, prompts: list, device=None
+) -> torch.Tensor:  # (B, L) ids, padded with the end token to `model_max_length`
     "Token ids of `prompts`, padded/truncated to the tokenizer's `model_max_length`."
-    return tokenizer(prompts, padding='max_length', max_length=tokenizer.model_max_length, truncation=True,
-                     return_tensors='pt').input_ids.to(device)
+    return tokenizer(
+        prompts, padding='max_length', max_length=tokenizer.model_max_length, truncation=True, return_tensors='pt'
+    ).input_ids.to(device)
+
 
 class TextEncoding(NamedTuple):
     "What the text encoder gives for a batch of prompts."
-    hidden: torch.Tensor # (B, L, D) last hidden states: what a U-Net cross-attends to
-    pooled: torch.Tensor # (B, P) projected embedding at the end token: the prompt in the shared image-text space
-    input_ids: torch.Tensor # (B, L) token ids
 
-def encode_text(model, # a transformers `CLIPModel`
-                tokenizer, # its tokenizer
-                prompts, # a string or list of strings
-                allow_empty:bool=False, # allow '' (the unconditional prompt)
-               ) -> TextEncoding:
+    hidden: torch.Tensor  # (B, L, D) last hidden states: what a U-Net cross-attends to
+    pooled: torch.Tensor  # (B, P) projected embedding at the end token: the prompt in the shared image-text space
+    input_ids: torch.Tensor  # (B, L) token ids
+
+
+def encode_text(
+    model,  # a transformers `CLIPModel`
+    tokenizer,  # its tokenizer
+    prompts,  # a string or list of strings
+    allow_empty: bool = False,  # allow '' (the unconditional prompt)
+) -> TextEncoding:
     "Encode prompts: per-token hidden states (B, L, D) and pooled, projected embeddings (B, P)."
     prompts = check_prompts(tokenizer, prompts, allow_empty)
-    ids = tokenize(tokenizer, prompts, next(model.parameters()).device)   # (B, L)
+    ids = tokenize(tokenizer, prompts, next(model.parameters()).device)  # (B, L)
     out = model.text_model(input_ids=ids)
     return TextEncoding(out.last_hidden_state, model.text_projection(out.pooler_output), ids)
 
-def encode_images(model, # a transformers `CLIPModel`
-                  images:torch.Tensor, # (B, C, H, W) in the range the model was trained on ([-1, 1] for the glyph CLIP)
-                 ) -> torch.Tensor: # (B, P) projected image embeddings
+
+def encode_images(
+    model,  # a transformers `CLIPModel`
+    images: torch.Tensor,  # (B, C, H, W) in the range the model was trained on ([-1, 1] for the glyph CLIP)
+) -> torch.Tensor:  # (B, P) projected image embeddings
     "Projected image embeddings in the shared image-text space."
     vc = model.config.vision_config
     want = (vc.num_channels, vc.image_size, vc.image_size)
@@ -196,71 +283,90 @@ def encode_images(model, # a transformers `CLIPModel`
     return _emb(model.get_image_features(pixel_values=images))
 
 # %% ../nbs/08b_clip.ipynb #4ad1de97
-def clip_loss(image_emb:torch.Tensor, # (B, P) image embeddings (any length; normalised here)
-              text_emb:torch.Tensor, # (B, P) text embeddings
-              logit_scale:torch.Tensor, # log of the temperature e^s (a learned scalar)
-              targets:torch.Tensor|None=None, # (B, B): 1 where text j describes image i; None: the identity
-             ) -> torch.Tensor:
+def clip_loss(
+    image_emb: torch.Tensor,  # (B, P) image embeddings (any length; normalised here)
+    text_emb: torch.Tensor,  # (B, P) text embeddings
+    logit_scale: torch.Tensor,  # log of the temperature e^s (a learned scalar)
+    targets: torch.Tensor | None = None,  # (B, B): 1 where text j describes image i; None: the identity
+) -> torch.Tensor:
     "CLIP's symmetric contrastive loss: cross-entropy over texts for each image and over images for each text."
     if image_emb.shape != text_emb.shape or image_emb.ndim != 2:
-        raise ValueError(f"clip_loss wants image and text embeddings of the same shape (B, P), got {tuple(image_emb.shape)} and {tuple(text_emb.shape)}")
-    u, v = F.normalize(image_emb, dim=-1), F.normalize(text_emb, dim=-1)   # (B, P) unit vectors
-    logits = torch.as_tensor(logit_scale).to(u).exp() * u @ v.T             # (B, B) l_ij
+        raise ValueError(
+            "clip_loss wants image and text embeddings of the same shape (B, P), "
+            f"got {tuple(image_emb.shape)} and {tuple(text_emb.shape)}"
+        )
+    u, v = F.normalize(image_emb, dim=-1), F.normalize(text_emb, dim=-1)  # (B, P) unit vectors
+    logits = torch.as_tensor(logit_scale).to(u).exp() * u @ v.T  # (B, B) l_ij
     if targets is None:
-        labels = torch.arange(len(logits), device=logits.device)            # the diagonal
+        labels = torch.arange(len(logits), device=logits.device)  # the diagonal
         return (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels)) / 2
     targets = targets.to(logits)
-    if targets.shape != logits.shape: raise ValueError(f"targets must be (B, B) = {tuple(logits.shape)}, got {tuple(targets.shape)}")
+    if targets.shape != logits.shape:
+        raise ValueError(f"targets must be (B, B) = {tuple(logits.shape)}, got {tuple(targets.shape)}")
     if (targets.sum(0) == 0).any() or (targets.sum(1) == 0).any():
         raise ValueError("every image and every text needs at least one match in `targets` (a row or column sums to 0)")
-    return (F.cross_entropy(logits, targets / targets.sum(1, keepdim=True))
-            + F.cross_entropy(logits.T, targets.T / targets.T.sum(1, keepdim=True))) / 2
+    return (
+        F.cross_entropy(logits, targets / targets.sum(1, keepdim=True))
+        + F.cross_entropy(logits.T, targets.T / targets.T.sum(1, keepdim=True))
+    ) / 2
 
 # %% ../nbs/08b_clip.ipynb #fd2d8960
 GLYPH_STYLE_WORDS = ('bold', 'italic', 'serif', 'sans', 'mono')
 
-def _article(words:list) -> str: return ('an ' if words[0][0] in 'aeiou' else 'a ') + ' '.join(words)
 
-def _caption_words(caption:str) -> list:
+def _article(words: list) -> str:
+    return ('an ' if words[0][0] in 'aeiou' else 'a ') + ' '.join(words)
+
+
+def _caption_words(caption: str) -> list:
     "The words of a glyph caption after its article, checked: 'a'/'an', then at least one word that is no style word."
     words = caption.split() if isinstance(caption, str) else []
     if len(words) < 2 or words[0] not in ('a', 'an') or all(w in GLYPH_STYLE_WORDS for w in words[1:]):
-        raise ValueError(f"caption must be a glyph caption such as 'a bold serif capital A' ('a' or 'an', then words "
-                         f"that are not all style words {GLYPH_STYLE_WORDS}), got {caption!r}")
+        raise ValueError(
+            f"caption must be a glyph caption such as 'a bold serif capital A' ('a' or 'an', then words "
+            f"that are not all style words {GLYPH_STYLE_WORDS}), got {caption!r}"
+        )
     return words[1:]
 
-def drop_style_words(caption:str, # a glyph caption, e.g. 'a bold serif capital A'
-                     p:float=0.5, # probability of dropping each style word
-                     generator:torch.Generator|None=None,
-                    ) -> str: # e.g. 'a serif capital A'
+
+def drop_style_words(
+    caption: str,  # a glyph caption, e.g. 'a bold serif capital A'
+    p: float = 0.5,  # probability of dropping each style word
+    generator: torch.Generator | None = None,
+) -> str:  # e.g. 'a serif capital A'
     "Shorten a glyph caption by dropping each style word with probability `p` (fixing 'a'/'an')."
     p = check_number(p, 'p', 0, 1)
     words = _caption_words(caption)
     keep = [w for w in words if w not in GLYPH_STYLE_WORDS or torch.rand((), generator=generator).item() >= p]
     return _article(keep)
 
-def caption_targets(texts:list, # B captions, possibly shortened
-                    captions:list, # the B images' full captions
-                   ) -> torch.Tensor: # (B, B): 1 where text j describes image i
+
+def caption_targets(
+    texts: list,  # B captions, possibly shortened
+    captions: list,  # the B images' full captions
+) -> torch.Tensor:  # (B, B): 1 where text j describes image i
     "Which texts describe which images: every word of the text (after the article) is in the image's caption."
     if len(texts) != len(captions):
         raise ValueError(f"texts has {len(texts)} entries but captions has {len(captions)}: one text per image")
     img_words = [set(_caption_words(c)) for c in captions]
     return torch.tensor([[float(set(_caption_words(t)) <= w) for t in texts] for w in img_words])
 
-def char_prompt(ch:str) -> str:
+
+def char_prompt(ch: str) -> str:
     "The shortest prompt for one character: 'a capital A', 'a lowercase g', 'a digit 7'."
-    if len(ch) != 1 or not ch.isalnum() or not ch.isascii(): raise ValueError(f"char_prompt wants one ASCII letter or digit, got {ch!r}")
+    if len(ch) != 1 or not ch.isalnum() or not ch.isascii():
+        raise ValueError(f"char_prompt wants one ASCII letter or digit, got {ch!r}")
     return 'a digit ' + ch if ch.isdigit() else 'a capital ' + ch if ch.isupper() else 'a lowercase ' + ch
 
 # %% ../nbs/08b_clip.ipynb #11b50daf
-def augment_glyphs(images:torch.Tensor, # (B, C, H, W) glyphs in [-1, 1], background -1
-                   generator:torch.Generator|None=None,
-                   shift:int=2, # largest shift, in pixels, in each direction
-                   p_blur:float=0.3, # probability of a 3x3 binomial blur
-                   p_noise:float=0.3, # probability of added Gaussian noise
-                   max_noise:float=0.5, # its standard deviation is uniform in [0, max_noise]
-                  ) -> torch.Tensor: # (B, C, H, W)
+def augment_glyphs(
+    images: torch.Tensor,  # (B, C, H, W) glyphs in [-1, 1], background -1
+    generator: torch.Generator | None = None,
+    shift: int = 2,  # largest shift, in pixels, in each direction
+    p_blur: float = 0.3,  # probability of a 3x3 binomial blur
+    p_noise: float = 0.3,  # probability of added Gaussian noise
+    max_noise: float = 0.5,  # its standard deviation is uniform in [0, max_noise]
+) -> torch.Tensor:  # (B, C, H, W)
     "Random shifts, blur and noise: the variations CLIP must tolerate in a diffusion model's x0_hat."
     if not torch.is_tensor(images) or images.ndim != 4:
         raise ValueError(f"images must be a (B, C, H, W) tensor, got {_shape_of(images)}")
@@ -269,65 +375,84 @@ def augment_glyphs(images:torch.Tensor, # (B, C, H, W) glyphs in [-1, 1], backgr
     B, C, H, W = images.shape
     rand = lambda *shape: torch.rand(shape, generator=generator).to(images.device)
     d = torch.randint(0, 2 * shift + 1, (B, 2), generator=generator).tolist()
-    padded = F.pad(images, (shift,) * 4, value=-1.)                                       # background fills the gap
-    x = torch.stack([padded[i, :, dy:dy + H, dx:dx + W] for i, (dy, dx) in enumerate(d)])  # (B, C, H, W)
-    k = torch.tensor([1., 2., 1.], device=x.device); k = (k[:, None] * k[None]) / 16       # (3, 3) binomial kernel
+    padded = F.pad(images, (shift,) * 4, value=-1.0)  # background fills the gap
+    x = torch.stack([padded[i, :, dy : dy + H, dx : dx + W] for i, (dy, dx) in enumerate(d)])  # (B, C, H, W)
+    k = torch.tensor([1.0, 2.0, 1.0], device=x.device)
+    k = (k[:, None] * k[None]) / 16  # (3, 3) binomial kernel
     blurred = F.conv2d(F.pad(x, (1,) * 4, mode='replicate'), k.expand(C, 1, 3, 3), groups=C)
     x = torch.where(append_dims(rand(B) < p_blur, 4), blurred, x)
-    std = rand(B) * max_noise * (rand(B) < p_noise)                                        # (B,), 0 for most
+    std = rand(B) * max_noise * (rand(B) < p_noise)  # (B,), 0 for most
     noise = torch.randn(x.shape, generator=generator).to(x)
     return x + append_dims(std, 4) * noise
 
 # %% ../nbs/08b_clip.ipynb #cca96a2b
-def clip_loss_fn(tokenizer, # the text encoder's tokenizer
-                 p_drop:float=0.5, # probability of dropping each style word from a caption
-                 generator:torch.Generator|None=None, # randomness of the caption shortening and image augmentation
-                 augment:bool=True, # shift, blur and noise the images (`augment_glyphs`)
-                ):
+def clip_loss_fn(
+    tokenizer,  # the text encoder's tokenizer
+    p_drop: float = 0.5,  # probability of dropping each style word from a caption
+    generator: torch.Generator | None = None,  # randomness of the caption shortening and image augmentation
+    augment: bool = True,  # shift, blur and noise the images (`augment_glyphs`)
+):
     "A `loss_fn(model, batch)` for `train`: the CLIP loss on a batch (images, labels, captions) of glyphs."
     p_drop = check_number(p_drop, 'p_drop', 0, 1)
+
     def loss_fn(model, batch):
-        images, _, captions = batch                                            # (B, 1, H, W), (B,), B strings
-        if augment: images = augment_glyphs(images, generator)
+        images, _, captions = batch  # (B, 1, H, W), (B,), B strings
+        if augment:
+            images = augment_glyphs(images, generator)
         texts = [drop_style_words(c, p_drop, generator) for c in captions]
-        image_emb = encode_images(model, images)                               # (B, P)
+        image_emb = encode_images(model, images)  # (B, P)
         text_emb = _emb(model.get_text_features(input_ids=tokenize(tokenizer, texts, images.device)))  # (B, P)
         return clip_loss(image_emb, text_emb, model.logit_scale, caption_targets(texts, captions))
+
     return loss_fn
 
 # %% ../nbs/08b_clip.ipynb #edab0669
 GLYPH_CLIP = 'glyph_clip.safetensors'
 
+
 def _merges_of(tokenizer) -> list:
     "The BPE merges of a tokenizer in rank order, from memory: its table (Python tokenizers) or its serialised form."
-    if hasattr(tokenizer, 'bpe_ranks'):                                  # transformers 4's Python CLIPTokenizer
+    if hasattr(tokenizer, 'bpe_ranks'):  # transformers 4's Python CLIPTokenizer
         return [tuple(p) for p, _ in sorted(tokenizer.bpe_ranks.items(), key=lambda kv: kv[1])]
     m = json.loads(tokenizer.backend_tokenizer.to_str())['model']['merges']
     return [tuple(x.split()) if isinstance(x, str) else tuple(x) for x in m]
 
-def save_glyph_clip(model, # a transformers `CLIPModel`
-                    tokenizer, # its `CLIPTokenizer`
-                    path, # the .safetensors file to write
-                    **info): # anything worth keeping: the command, steps, measured accuracy...
+
+def save_glyph_clip(
+    model,  # a transformers `CLIPModel`
+    tokenizer,  # its `CLIPTokenizer`
+    path,  # the .safetensors file to write
+    **info,
+):  # anything worth keeping: the command, steps, measured accuracy...
     "Write a CLIP model, its config and its tokenizer into one safetensors file."
-    meta = dict(format='diffcourse.clip/1', config=model.config.to_json_string(),
-                vocab=json.dumps(tokenizer.get_vocab()), merges=json.dumps(_merges_of(tokenizer)),
-                model_max_length=str(tokenizer.model_max_length))
+    meta = dict(
+        format='diffcourse.clip/1',
+        config=model.config.to_json_string(),
+        vocab=json.dumps(tokenizer.get_vocab()),
+        merges=json.dumps(_merges_of(tokenizer)),
+        model_max_length=str(tokenizer.model_max_length),
+    )
     if set(info) & set(meta):
         raise ValueError(f"info may not set {sorted(set(info) & set(meta))}: save_glyph_clip writes those itself")
-    meta.update(info)                                                           # non-strings are stored as JSON
+    meta.update(info)  # non-strings are stored as JSON
     return save_safetensors({k: v.clone() for k, v in model.state_dict().items()}, path, metadata=meta)
 
-def load_glyph_clip(path=None, # a file written by `save_glyph_clip`; None: the one shipped with the course
-                    device='cpu'):
+
+def load_glyph_clip(
+    path=None,  # a file written by `save_glyph_clip`; None: the one shipped with the course
+    device='cpu',
+):
     "The CLIP trained on glyphs: (transformers `CLIPModel` in eval mode, `CLIPTokenizer`); the file is checked first."
     from transformers import CLIPConfig, CLIPModel, CLIPTextConfig, CLIPVisionConfig
+
     path = Path(path) if path is not None else weights_path(GLYPH_CLIP)
     tensors, meta = load_safetensors(path)
     _check_format(meta, 'diffcourse.clip/1', path, 'a CLIP saved by save_glyph_clip')
     config = _meta_json(meta, 'config', path)
-    sub = {'text_config': (_config_keys(CLIPTextConfig), 'CLIPTextConfig'),
-           'vision_config': (_config_keys(CLIPVisionConfig), 'CLIPVisionConfig')}
+    sub = {
+        'text_config': (_config_keys(CLIPTextConfig), 'CLIPTextConfig'),
+        'vision_config': (_config_keys(CLIPVisionConfig), 'CLIPVisionConfig'),
+    }
     _check_config(config, _config_keys(CLIPConfig), path, 'CLIPConfig', len(tensors), sub)
     model = _build_checked(lambda: CLIPModel(CLIPConfig.from_dict(config)), tensors, path, 'CLIPModel')
     tc = model.config.text_config
@@ -335,12 +460,13 @@ def load_glyph_clip(path=None, # a file written by `save_glyph_clip`; None: the 
     return model.to(device).eval(), tokenizer
 
 # %% ../nbs/08b_clip.ipynb #af8e5bc2
-def _check_format(meta:dict, fmt:str, path, what:str):
+def _check_format(meta: dict, fmt: str, path, what: str):
     "Refuse a file whose metadata format tag is not `fmt`."
     if meta.get('format') != fmt:
         raise ValueError(f"{str(path)!r} is not {what} (metadata format {meta.get('format')!r}, wanted {fmt!r})")
 
-def _meta_json(meta:dict, key:str, path, kind=dict):
+
+def _meta_json(meta: dict, key: str, path, kind=dict):
     "The JSON value stored under `key` in a file's metadata, checked to be a `kind`."
     try:
         value = json.loads(meta[key])
@@ -351,25 +477,28 @@ def _meta_json(meta:dict, key:str, path, kind=dict):
         raise ValueError(f"{str(path)!r}: the metadata's {key!r} must be a JSON {kind.__name__}, got {value!r:.80}")
     return value
 
+
 def _config_keys(config_class) -> dict:
     "What a transformers config class writes, and so may read back: its defaults' keys (the dtype under either name)."
     return {**config_class().to_dict(), 'dtype': None, 'torch_dtype': None}
+
 
 def _init_keys(model_class) -> dict:
     "The configuration a diffusers model class takes: the parameters of its __init__."
     return {k: None for k in inspect.signature(model_class.__init__).parameters if k not in ('self', 'args', 'kwargs')}
 
 # %% ../nbs/08b_clip.ipynb #03951581
-def _check_config(config:dict, known:dict, path, what:str, n_tensors:int, nested:dict|None=None):
+def _check_config(config: dict, known: dict, path, what: str, n_tensors: int, nested: dict | None = None):
     "Refuse unknown keys, another model_type, more layers than tensors; `nested`: key -> (known, what) of a sub-config."
     unknown = sorted(set(config) - set(known))
     if unknown:
         raise ValueError(f"{str(path)!r}: unknown keys {unknown} in its {what} config; {what} knows {sorted(known)}")
     if config.get('model_type', known.get('model_type')) != known.get('model_type'):
-        raise ValueError(f"{str(path)!r}: its {what} config has model_type {config['model_type']!r}, "
-                         f"not {known.get('model_type')!r}")
+        raise ValueError(
+            f"{str(path)!r}: its {what} config has model_type {config['model_type']!r}, not {known.get('model_type')!r}"
+        )
     flat = lambda v: [c for x in v for c in flat(x)] if isinstance(v, list) else [v]
-    for k, v in config.items():                               # every layer holds a tensor: no more layers than tensors
+    for k, v in config.items():  # every layer holds a tensor: no more layers than tensors
         if 'layers' in k and not all(c is None or (type(c) is int and 0 <= c <= n_tensors) for c in flat(v)):
             raise ValueError(f"{str(path)!r}: {k} = {v!r:.40} in its {what} config; the file holds {n_tensors} tensors")
     for key, (sub_known, sub_what) in (nested or {}).items():
@@ -377,9 +506,13 @@ def _check_config(config:dict, known:dict, path, what:str, n_tensors:int, nested
             raise ValueError(f"{str(path)!r}: {key} in its {what} config is no JSON object, got {config[key]!r:.40}")
         _check_config(config.get(key, {}), sub_known, path, sub_what, n_tensors)
 
-def _build_checked(make, # make() -> the model, from a checked config
-                   tensors:dict, # name -> tensor, read from the file
-                   path, what:str):
+
+def _build_checked(
+    make,  # make() -> the model, from a checked config
+    tensors: dict,  # name -> tensor, read from the file
+    path,
+    what: str,
+):
     "Build the model on the meta device (no memory), check the file's tensors against it, then build it and load them."
     try:
         with torch.device('meta'):
@@ -387,101 +520,129 @@ def _build_checked(make, # make() -> the model, from a checked config
     except Exception as e:
         raise ValueError(f"{str(path)!r}: its config does not build a {what} ({type(e).__name__}: {e})") from None
     missing, unexpected = sorted(set(want) - set(tensors)), sorted(set(tensors) - set(want))
-    wrong = [f'{k} {tuple(tensors[k].shape)} (wants {tuple(want[k].shape)})' for k in sorted(set(want) & set(tensors))
-             if tensors[k].shape != want[k].shape or tensors[k].is_floating_point() != want[k].is_floating_point()]
+    wrong = [
+        f'{k} {tuple(tensors[k].shape)} (wants {tuple(want[k].shape)})'
+        for k in sorted(set(want) & set(tensors))
+        if tensors[k].shape != want[k].shape or tensors[k].is_floating_point() != want[k].is_floating_point()
+    ]
     if missing or unexpected or wrong:
-        raise ValueError(f"{str(path)!r} does not hold the {what} its config describes: {len(missing)} tensors "
-                         f"missing {missing[:3]}, {len(unexpected)} unexpected {unexpected[:3]}, {len(wrong)} of the "
-                         f"wrong shape or kind {wrong[:3]}")
+        raise ValueError(
+            f"{str(path)!r} does not hold the {what} its config describes: {len(missing)} tensors "
+            f"missing {missing[:3]}, {len(unexpected)} unexpected {unexpected[:3]}, {len(wrong)} of the "
+            f"wrong shape or kind {wrong[:3]}"
+        )
     model = make()
     model.load_state_dict(tensors)
     return model
 
 # %% ../nbs/08b_clip.ipynb #4a1e4c83
-def _tokenizer_from_meta(meta:dict, path, vocab_size:int, max_positions:int):
+def _tokenizer_from_meta(meta: dict, path, vocab_size: int, max_positions: int):
     "The glyph tokenizer kept in a file's metadata (vocab, merges, model_max_length), checked against its text encoder."
     vocab, merges = _meta_json(meta, 'vocab', path, dict), _meta_json(meta, 'merges', path, list)
     ids = sorted(i for i in vocab.values() if isinstance(i, int) and not isinstance(i, bool))
     if ids != list(range(len(vocab))) or len(vocab) > vocab_size or not all(vocab):
-        raise ValueError(f"{str(path)!r}: its vocab must give {len(vocab)} non-empty tokens the ids "
-                         f"0..{len(vocab) - 1}, at most the text encoder's {vocab_size}")
+        raise ValueError(
+            f"{str(path)!r}: its vocab must give {len(vocab)} non-empty tokens the ids "
+            f"0..{len(vocab) - 1}, at most the text encoder's {vocab_size}"
+        )
     word = lambda s: isinstance(s, str) and s and not any(c.isspace() for c in s)
     bad = [m for m in merges if not (isinstance(m, list) and len(m) == 2 and all(map(word, m)))]
     if bad:
         raise ValueError(f"{str(path)!r}: its merges must be pairs of strings without spaces, got {bad[:3]}")
     max_length = _meta_json(meta, 'model_max_length', path, int)
     if not 3 <= max_length <= max_positions:
-        raise ValueError(f"{str(path)!r}: model_max_length {max_length} must lie in [3, {max_positions}], "
-                         f"the positions of its text encoder")
+        raise ValueError(
+            f"{str(path)!r}: model_max_length {max_length} must lie in [3, {max_positions}], "
+            f"the positions of its text encoder"
+        )
     return tokenizer_from(vocab, [tuple(m) for m in merges], max_length)
 
 # %% ../nbs/08b_clip.ipynb #96fb408b
 def save_clip(model, tokenizer, folder):
     "Save a CLIP model and tokenizer as a Hugging Face folder (config.json, model.safetensors, tokenizer files)."
-    model.save_pretrained(str(folder)); tokenizer.save_pretrained(str(folder))
+    model.save_pretrained(str(folder))
+    tokenizer.save_pretrained(str(folder))
     return Path(folder)
+
 
 def clip_text_model(model):
     "The text encoder of a `CLIPModel` as a `CLIPTextModel` (what `StableDiffusionPipeline` takes as `text_encoder`)."
     from transformers import CLIPTextModel
-    if isinstance(model.text_model, CLIPTextModel): return model.text_model   # transformers >= 5: already one
+
+    if isinstance(model.text_model, CLIPTextModel):
+        return model.text_model  # transformers >= 5: already one
     te = CLIPTextModel(model.config.text_config)
     te.text_model.load_state_dict(model.text_model.state_dict())
     return te.to(next(model.parameters()).device).eval()
 
 # %% ../nbs/08b_clip.ipynb #b75b1a37
 @torch.no_grad()
-def clip_similarity(model, tokenizer, # a `CLIPModel` and its tokenizer
-                    images:torch.Tensor, # (N, C, H, W)
-                    prompts:list, # M strings
-                    batch_size:int=512,
-                   ) -> torch.Tensor: # (N, M) cosine similarities
+def clip_similarity(
+    model,
+    tokenizer,  # a `CLIPModel` and its tokenizer
+    images: torch.Tensor,  # (N, C, H, W)
+    prompts: list,  # M strings
+    batch_size: int = 512,
+) -> torch.Tensor:  # (N, M) cosine similarities
     "Cosine similarity of every image with every prompt in CLIP's shared space."
     dev = next(model.parameters()).device
     batch_size = check_number(batch_size, 'batch_size', 1, integer=True)
-    u = torch.cat([F.normalize(encode_images(model, images[i:i + batch_size].to(dev)), dim=-1)
-                   for i in range(0, len(images), batch_size)])
+    u = torch.cat(
+        [
+            F.normalize(encode_images(model, images[i : i + batch_size].to(dev)), dim=-1)
+            for i in range(0, len(images), batch_size)
+        ]
+    )
     v = F.normalize(encode_text(model, tokenizer, prompts).pooled, dim=-1)
     return u @ v.T
 
-def retrieval_accuracy(sim:torch.Tensor, # (N, M) similarity of N images with M texts
-                       image_captions:list, # N: each image's true caption
-                       texts:list, # M: the candidate texts
-                      ) -> dict: # {'image->text': ..., 'text->image': ...}
+
+def retrieval_accuracy(
+    sim: torch.Tensor,  # (N, M) similarity of N images with M texts
+    image_captions: list,  # N: each image's true caption
+    texts: list,  # M: the candidate texts
+) -> dict:  # {'image->text': ..., 'text->image': ...}
     "Top-1 retrieval accuracy both ways: an image retrieves its own caption; a text retrieves an image it captions."
     if sim.shape != (len(image_captions), len(texts)):
-        raise ValueError(f"sim must be (N, M) = ({len(image_captions)}, {len(texts)}) for {len(image_captions)} images "
-                         f"and {len(texts)} texts, got {tuple(sim.shape)}")
+        raise ValueError(
+            f"sim must be (N, M) = ({len(image_captions)}, {len(texts)}) for {len(image_captions)} images "
+            f"and {len(texts)} texts, got {tuple(sim.shape)}"
+        )
     i2t = sum(texts[j] == c for j, c in zip(sim.argmax(1).tolist(), image_captions)) / len(image_captions)
     t2i = sum(image_captions[i] == t for i, t in zip(sim.argmax(0).tolist(), texts)) / len(texts)
     return {'image->text': i2t, 'text->image': t2i}
 
 # %% ../nbs/08b_clip.ipynb #aaa691ab
-def load_clip(name_or_path, # a Hugging Face model id ('openai/clip-vit-base-patch32') or a local folder
-              local_files_only:bool=False, # never touch the network (the folder or the Hugging Face cache only)
-              device='cpu'):
+def load_clip(
+    name_or_path,  # a Hugging Face model id ('openai/clip-vit-base-patch32') or a local folder
+    local_files_only: bool = False,  # never touch the network (the folder or the Hugging Face cache only)
+    device='cpu',
+):
     "A pretrained CLIP: (transformers `CLIPModel` in eval mode, its tokenizer), from a folder, the cache or the Hub."
     from transformers import AutoTokenizer, CLIPModel
+
     def load(src, local):
         model = CLIPModel.from_pretrained(src, local_files_only=local)
         return model, AutoTokenizer.from_pretrained(src, local_files_only=local)
+
     holding = 'config.json, the weights (model.safetensors) and the tokenizer files, e.g. one written by save_clip'
     model, tok = _local_or_hub(load, name_or_path, local_files_only, 'load_clip', holding)
     return model.to(device).eval(), tok
 
 # %% ../nbs/08b_clip.ipynb #f0a13c62
-def _hub_unreachable(repo_id:str) -> str|None:
+def _hub_unreachable(repo_id: str) -> str | None:
     "None if the Hub answers about `repo_id` within `net_timeout()` seconds (one request, no retries), else why not."
     import urllib.error, urllib.parse, urllib.request
     from huggingface_hub import constants
+
     url = f"{constants.ENDPOINT.rstrip('/')}/api/models/{urllib.parse.quote(repo_id)}"
     request = urllib.request.Request(url, headers={'User-Agent': 'diffcourse'})
     try:
         with urllib.request.urlopen(request, timeout=net_timeout()):
             return None
-    except urllib.error.HTTPError:                            # the Hub answered (no such model, gated...):
-        return None                                           # from_pretrained will say which
-    except (OSError, ValueError) as e:                        # no network, a refused connection, no answer in time
+    except urllib.error.HTTPError:  # the Hub answered (no such model, gated...):
+        return None  # from_pretrained will say which
+    except (OSError, ValueError) as e:  # no network, a refused connection, no answer in time
         return f"the Hub at {constants.ENDPOINT} did not answer within {net_timeout():g} s ({type(e).__name__}: {e})"
 
 # %% ../nbs/08b_clip.ipynb #cd360724
@@ -489,30 +650,40 @@ def _hub_unreachable(repo_id:str) -> str|None:
 def _hub_switched_off():
     "huggingface_hub's offline switch on for a while (with local_files_only=True it would still ask the Hub something)."
     from huggingface_hub import constants
+
     saved, constants.HF_HUB_OFFLINE = constants.HF_HUB_OFFLINE, True
     try:
         yield
     finally:
         constants.HF_HUB_OFFLINE = saved
 
-def _local_or_hub(load, # load(src, local_files_only) -> what to return
-                  name_or_path, local_files_only:bool, fn:str, # the caller's arguments and name
-                  holding:str): # what its folder holds, for the error messages
+
+def _local_or_hub(
+    load,  # load(src, local_files_only) -> what to return
+    name_or_path,
+    local_files_only: bool,
+    fn: str,  # the caller's arguments and name
+    holding: str,
+):  # what its folder holds, for the error messages
     "From a folder or the Hugging Face cache with no network; else, unless offline, after one short probe of the Hub."
     p = Path(str(name_or_path)).expanduser()
     if p.exists() and not p.is_dir():
         raise ValueError(f"{fn} wants a model id or a folder ({holding}), got the file {str(p)!r}")
     src = str(p) if p.is_dir() else str(name_or_path)
+
     def error(why):
         why = str(why).strip().splitlines()[0].rstrip('.') if str(why).strip() else 'failed'
         if p.is_dir():
             return OSError(f"Could not load the folder {src!r} with {fn}: {why}. It should hold {holding}.")
-        return OSError(f"Could not load {src!r} with {fn}: {why}. Without network, point {fn} at a local folder "
-                       f"holding {holding}, downloaded where there is network with `hf download {name_or_path} "
-                       f"--local-dir DIR`. With HF_HUB_OFFLINE=1 set the course never tries the network (models in the "
-                       f"Hugging Face cache still load).")
+        return OSError(
+            f"Could not load {src!r} with {fn}: {why}. Without network, point {fn} at a local folder "
+            f"holding {holding}, downloaded where there is network with `hf download {name_or_path} "
+            f"--local-dir DIR`. With HF_HUB_OFFLINE=1 set the course never tries the network (models in the "
+            f"Hugging Face cache still load)."
+        )
+
     try:
-        with _hub_switched_off():                             # a folder, or an id already in the Hugging Face cache
+        with _hub_switched_off():  # a folder, or an id already in the Hugging Face cache
             return load(src, True)
     except (OSError, ValueError) as e:
         if p.is_dir() or local_files_only or is_offline():
@@ -526,11 +697,12 @@ def _local_or_hub(load, # load(src, local_files_only) -> what to return
         raise error(e) from e
 
 # %% ../nbs/08b_clip.ipynb #e816d514
-def cutouts(x:torch.Tensor, # (B, C, H, W) images
-            n:int, # number of crops per image
-            min_size:float=0.75, # the smallest crop side, as a fraction of the image side
-            generator:torch.Generator|None=None,
-           ) -> torch.Tensor: # (n * B, C, H, W): crop k of every image, for k = 0..n-1
+def cutouts(
+    x: torch.Tensor,  # (B, C, H, W) images
+    n: int,  # number of crops per image
+    min_size: float = 0.75,  # the smallest crop side, as a fraction of the image side
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:  # (n * B, C, H, W): crop k of every image, for k = 0..n-1
     "`n` random square crops of each image (side between `min_size` and 1 of the image), resized back to H x W."
     n = check_number(n, 'cutouts: n', 1, integer=True)
     min_size = check_number(min_size, 'cutouts: min_size', 0, 1, lo_open=True)
@@ -543,42 +715,58 @@ def cutouts(x:torch.Tensor, # (B, C, H, W) images
         r = torch.rand(3, generator=generator).tolist()
         size = max(2, round(side * (min_size + (1 - min_size) * r[0])))
         oy, ox = int(r[1] * (H - size + 1)), int(r[2] * (W - size + 1))
-        out.append(F.interpolate(x[:, :, oy:oy + size, ox:ox + size], size=(H, W), mode='bilinear', align_corners=False))
+        out.append(
+            F.interpolate(x[:, :, oy : oy + size, ox : ox + size], size=(H, W), mode='bilinear', align_corners=False)
+        )
     return torch.cat(out)
 
 # %% ../nbs/08b_clip.ipynb #22cd3648
-def clip_log_prob(clip, # a transformers `CLIPModel` (frozen)
-                  tokenizer, # its tokenizer
-                  prompts, # one prompt for the batch, or one per sample
-                  n_cutouts:int=0, # 0: score x0_hat itself; > 0: the mean over this many random crops
-                  min_size:float=0.75, # smallest crop side, as a fraction of the image side
-                  generator:torch.Generator|None=None): # randomness of the crops
+def clip_log_prob(
+    clip,  # a transformers `CLIPModel` (frozen)
+    tokenizer,  # its tokenizer
+    prompts,  # one prompt for the batch, or one per sample
+    n_cutouts: int = 0,  # 0: score x0_hat itself; > 0: the mean over this many random crops
+    min_size: float = 0.75,  # smallest crop side, as a fraction of the image side
+    generator: torch.Generator | None = None,
+):  # randomness of the crops
     "log_prob(x, sigma, x0_hat) -> (B,): CLIP's logit for x0_hat and the prompt(s), for `GradientGuidance`."
     n_cutouts = check_number(n_cutouts, 'n_cutouts', 0, integer=True)
     min_size = check_number(min_size, 'min_size', 0, 1, lo_open=True)
-    with torch.no_grad(): v = F.normalize(encode_text(clip, tokenizer, prompts).pooled, dim=-1)   # (P, D)
+    with torch.no_grad():
+        v = F.normalize(encode_text(clip, tokenizer, prompts).pooled, dim=-1)  # (P, D)
+
     def log_prob(x, sigma, x0_hat):
         B = len(x0_hat)
-        if len(v) not in (1, B): raise ValueError(f"{len(v)} prompts for a batch of {B}: give one prompt, or one per sample")
-        imgs = cutouts(x0_hat, n_cutouts, min_size, generator) if n_cutouts else x0_hat          # (n * B, C, H, W)
-        u = F.normalize(encode_images(clip, imgs), dim=-1).view(-1, B, v.shape[-1])              # (n, B, D)
-        return clip.logit_scale.exp() * (u * v.to(u)).sum(-1).mean(0)                            # (B,)
+        if len(v) not in (1, B):
+            raise ValueError(f"{len(v)} prompts for a batch of {B}: give one prompt, or one per sample")
+        imgs = cutouts(x0_hat, n_cutouts, min_size, generator) if n_cutouts else x0_hat  # (n * B, C, H, W)
+        u = F.normalize(encode_images(clip, imgs), dim=-1).view(-1, B, v.shape[-1])  # (n, B, D)
+        return clip.logit_scale.exp() * (u * v.to(u)).sum(-1).mean(0)  # (B,)
+
     return log_prob
 
-def clip_guidance(model, # the denoiser to guide, D(x, sigma) -> x0_hat
-                  clip, tokenizer, # a `CLIPModel` and its tokenizer
-                  prompts, # one prompt for the batch, or one per sample
-                  scale:float, # guidance scale s >= 0
-                  n_cutouts:int=0, # random crops per sample (0: none)
-                  min_size:float=0.75, # smallest crop side, as a fraction of the image side
-                  generator:torch.Generator|None=None, # randomness of the crops
-                  sigma_cap:float|None=1., # weight the gradient by min(sigma, sigma_cap)^2 (None: sigma^2, eq. C1)
-                 ):
+
+def clip_guidance(
+    model,  # the denoiser to guide, D(x, sigma) -> x0_hat
+    clip,
+    tokenizer,  # a `CLIPModel` and its tokenizer
+    prompts,  # one prompt for the batch, or one per sample
+    scale: float,  # guidance scale s >= 0
+    n_cutouts: int = 0,  # random crops per sample (0: none)
+    min_size: float = 0.75,  # smallest crop side, as a fraction of the image side
+    generator: torch.Generator | None = None,  # randomness of the crops
+    sigma_cap: float | None = 1.0,  # weight the gradient by min(sigma, sigma_cap)^2 (None: sigma^2, eq. C1)
+):
     "A denoiser guided toward text prompts by the gradient of CLIP's image-text logit through x0_hat (eq. C1, C2)."
     clip.requires_grad_(False)
-    return GradientGuidance(model, clip_log_prob(clip, tokenizer, prompts, n_cutouts, min_size, generator), scale,
-                            through_x0=True, sigma_cap=sigma_cap)
+    return GradientGuidance(
+        model,
+        clip_log_prob(clip, tokenizer, prompts, n_cutouts, min_size, generator),
+        scale,
+        through_x0=True,
+        sigma_cap=sigma_cap,
+    )
 
 # %% ../nbs/08b_clip.ipynb #dc25cb65
-CLIP_SCALE = 10.   # the guidance scale this lesson measured best for the shipped glyph CLIP (sweep below)
-CLIP_CUTOUTS = 4   # random crops per sample in the lesson's measurements
+CLIP_SCALE = 10.0  # the guidance scale this lesson measured best for the shipped glyph CLIP (sweep below)
+CLIP_CUTOUTS = 4  # random crops per sample in the lesson's measurements

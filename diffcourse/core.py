@@ -17,14 +17,16 @@ __all__ = ['WEIGHTS_DIR', 'ARCHITECTURES', 'check_number', 'seed_everything', 'g
            'check_writable', 'save_safetensors', 'load_safetensors', 'weights_path', 'register_architecture']
 
 # %% ../nbs/00_core.ipynb #951f896c
-def check_number(value, # what the caller passed
-                 name:str, # the argument's name, for the message
-                 lo=None, # the smallest valid value (None: no lower bound)
-                 hi=None, # the largest valid value (None: no upper bound)
-                 *,
-                 integer:bool=False, # only integers are valid (True and False are not)
-                 lo_open:bool=False, # `lo` itself is not valid: value > lo
-                 hi_open:bool=False): # `hi` itself is not valid: value < hi
+def check_number(
+    value,  # what the caller passed
+    name: str,  # the argument's name, for the message
+    lo=None,  # the smallest valid value (None: no lower bound)
+    hi=None,  # the largest valid value (None: no upper bound)
+    *,
+    integer: bool = False,  # only integers are valid (True and False are not)
+    lo_open: bool = False,  # `lo` itself is not valid: value > lo
+    hi_open: bool = False,
+):  # `hi` itself is not valid: value < hi
     "`value` if it is a finite number in range, else a TypeError or ValueError naming `name`, the value and the range."
     kind = 'an integer' if integer else 'a finite number'
     bounds = [f"{'>' if lo_open else '>='} {lo}"] * (lo is not None)
@@ -39,26 +41,34 @@ def check_number(value, # what the caller passed
     return value
 
 # %% ../nbs/00_core.ipynb #17438666
-def seed_everything(seed:int=42, # the seed for Python's, numpy's and torch's global generators, in [0, 2**32 - 1]
-                   ) -> torch.Generator: # a fresh CPU `torch.Generator` seeded with `seed`, to pass to library code
+def seed_everything(
+    seed: int = 42,  # the seed for Python's, numpy's and torch's global generators, in [0, 2**32 - 1]
+) -> torch.Generator:  # a fresh CPU `torch.Generator` seeded with `seed`, to pass to library code
     "Seed `random`, `numpy` and `torch`, and return a seeded generator for explicit use."
-    check_number(seed, 'seed', 0, 2**32 - 1, integer=True)      # the range numpy accepts
+    check_number(seed, 'seed', 0, 2**32 - 1, integer=True)  # the range numpy accepts
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
     return torch.Generator().manual_seed(seed)
 
 # %% ../nbs/00_core.ipynb #a7ab13e7
-def get_device(prefer:str|None=None, # 'cuda', 'mps' or 'cpu' to force one; None picks the best present
-              ) -> torch.device:
+def get_device(
+    prefer: str | None = None,  # 'cuda', 'mps' or 'cpu' to force one; None picks the best present
+) -> torch.device:
     "The best available device (cuda, then mps, then cpu), or `prefer` if it is available."
     valid = ('cuda', 'mps', 'cpu')
-    available = {'cuda': torch.cuda.is_available(),
-                 'mps': getattr(torch.backends, 'mps', None) is not None and torch.backends.mps.is_available(),
-                 'cpu': True}
+    available = {
+        'cuda': torch.cuda.is_available(),
+        'mps': getattr(torch.backends, 'mps', None) is not None and torch.backends.mps.is_available(),
+        'cpu': True,
+    }
     if prefer is not None:
-        if prefer not in valid: raise ValueError(f"Unknown device {prefer!r}; valid choices are {valid}")
-        if not available[prefer]: raise ValueError(f"Device {prefer!r} is not available here; available: {[d for d in valid if available[d]]}")
+        if prefer not in valid:
+            raise ValueError(f"Unknown device {prefer!r}; valid choices are {valid}")
+        if not available[prefer]:
+            raise ValueError(
+                f"Device {prefer!r} is not available here; available: {[d for d in valid if available[d]]}"
+            )
         return torch.device(prefer)
     return torch.device(next(d for d in valid if available[d]))
 
@@ -67,36 +77,46 @@ def in_test() -> bool:
     "True when the notebook is run by the test suite (the `IN_TEST` environment variable is set)."
     return bool(os.environ.get('IN_TEST'))
 
+
 def in_colab() -> bool:
     "True when running inside Google Colab."
     import sys
+
     return 'google.colab' in sys.modules
 
-def by_device(cpu, # value used on a CPU (and always under test): small enough to run in seconds
-              gpu, # value used when a CUDA GPU is present and we are not under test
-              device=None): # the device to decide for; defaults to `get_device()`
+
+def by_device(
+    cpu,  # value used on a CPU (and always under test): small enough to run in seconds
+    gpu,  # value used when a CUDA GPU is present and we are not under test
+    device=None,
+):  # the device to decide for; defaults to `get_device()`
     "Pick `cpu` or `gpu` budget (steps, sizes) by the device, always `cpu` under test."
     device = torch.device(device) if device is not None else get_device()
     return gpu if device.type == 'cuda' and not in_test() else cpu
 
 # %% ../nbs/00_core.ipynb #68ab4961
-def append_dims(x:torch.Tensor, # a tensor of shape (B,) or (B, ...)
-                ndim:int, # the number of dimensions wanted, e.g. 4 for images
-               ) -> torch.Tensor: # `x` viewed as (B, ..., 1, 1) with `ndim` dimensions
+def append_dims(
+    x: torch.Tensor,  # a tensor of shape (B,) or (B, ...)
+    ndim: int,  # the number of dimensions wanted, e.g. 4 for images
+) -> torch.Tensor:  # `x` viewed as (B, ..., 1, 1) with `ndim` dimensions
     "Append trailing singleton dimensions to `x` until it has `ndim` dimensions."
     extra = ndim - x.ndim
-    if extra < 0: raise ValueError(f"append_dims: x has {x.ndim} dimensions, more than the {ndim} asked for")
+    if extra < 0:
+        raise ValueError(f"append_dims: x has {x.ndim} dimensions, more than the {ndim} asked for")
     return x[(...,) + (None,) * extra]
 
 # %% ../nbs/00_core.ipynb #7a8c84b4
-def to_image(x:torch.Tensor) -> torch.Tensor:
+def to_image(x: torch.Tensor) -> torch.Tensor:
     "Map images from [-1, 1] to [0, 1], clamped."
     return ((x.detach().float().cpu() + 1) / 2).clamp(0, 1)
 
-def image_grid(imgs:torch.Tensor, # (B, C, H, W) images
-               nrow:int=8, # images per row
-               pad:int=1, # pixels of padding between images
-               pad_value:float=1.): # value of the padding
+
+def image_grid(
+    imgs: torch.Tensor,  # (B, C, H, W) images
+    nrow: int = 8,  # images per row
+    pad: int = 1,  # pixels of padding between images
+    pad_value: float = 1.0,
+):  # value of the padding
     "Tile a batch of images into one (C, H', W') image."
     if not torch.is_tensor(imgs) or imgs.ndim != 4 or len(imgs) == 0:
         shape = tuple(imgs.shape) if torch.is_tensor(imgs) else type(imgs).__name__
@@ -106,19 +126,21 @@ def image_grid(imgs:torch.Tensor, # (B, C, H, W) images
     B, C, H, W = imgs.shape
     ncol = min(nrow, B)
     nr = math.ceil(B / ncol)
-    grid = imgs.new_full((C, nr*(H+pad)+pad, ncol*(W+pad)+pad), pad_value)
+    grid = imgs.new_full((C, nr * (H + pad) + pad, ncol * (W + pad) + pad), pad_value)
     for i, im in enumerate(imgs):
         r, c = divmod(i, ncol)
-        grid[:, pad + r*(H+pad): pad + r*(H+pad) + H, pad + c*(W+pad): pad + c*(W+pad) + W] = im
+        grid[:, pad + r * (H + pad) : pad + r * (H + pad) + H, pad + c * (W + pad) : pad + c * (W + pad) + W] = im
     return grid
 
 # %% ../nbs/00_core.ipynb #04c2edb9
-def show_images(imgs:torch.Tensor, # (B, C, H, W) images in [-1, 1]
-                nrow:int=8, # images per row
-                titles:list|None=None, # optional title per image (then each gets its own axes)
-                ax=None, # axes to draw into (grid mode only)
-                figsize=None, # figure size; sensible default from the grid shape
-                title:str|None=None): # title over the whole grid
+def show_images(
+    imgs: torch.Tensor,  # (B, C, H, W) images in [-1, 1]
+    nrow: int = 8,  # images per row
+    titles: list | None = None,  # optional title per image (then each gets its own axes)
+    ax=None,  # axes to draw into (grid mode only)
+    figsize=None,  # figure size; sensible default from the grid shape
+    title: str | None = None,
+):  # title over the whole grid
     "Show a batch of images in [-1, 1] as a grid (or one axes per image when `titles` are given)."
     if not torch.is_tensor(imgs) or imgs.ndim != 4 or imgs.shape[1] not in (1, 3):
         shape = tuple(imgs.shape) if torch.is_tensor(imgs) else type(imgs).__name__
@@ -127,91 +149,115 @@ def show_images(imgs:torch.Tensor, # (B, C, H, W) images in [-1, 1]
         raise ValueError(f"show_images got {len(titles)} titles for {len(imgs)} images: give one per image")
     imgs = to_image(imgs)
     cmap = 'gray' if imgs.shape[1] == 1 else None
-    def _hwc(im): return im[0] if im.shape[0] == 1 else im.permute(1, 2, 0)
+
+    def _hwc(im):
+        return im[0] if im.shape[0] == 1 else im.permute(1, 2, 0)
+
     if titles is not None:
         ncol = min(nrow, len(imgs))
         nr = math.ceil(len(imgs) / ncol)
-        fig, axs = plt.subplots(nr, ncol, figsize=figsize or (1.3*ncol, 1.5*nr), squeeze=False)
-        for a in axs.flat: a.axis('off')
+        fig, axs = plt.subplots(nr, ncol, figsize=figsize or (1.3 * ncol, 1.5 * nr), squeeze=False)
+        for a in axs.flat:
+            a.axis('off')
         for a, im, t in zip(axs.flat, imgs, titles):
-            a.imshow(_hwc(im), cmap=cmap, vmin=0, vmax=1); a.set_title(str(t), fontsize=8)
-        if title: fig.suptitle(title)
+            a.imshow(_hwc(im), cmap=cmap, vmin=0, vmax=1)
+            a.set_title(str(t), fontsize=8)
+        if title:
+            fig.suptitle(title)
         return axs
     grid = image_grid(imgs, nrow=nrow)
     if ax is None:
-        n = 1.0 * min(nrow, len(imgs))                                 # images across
+        n = 1.0 * min(nrow, len(imgs))  # images across
         _, ax = plt.subplots(figsize=figsize or (min(8, n), min(8, n * grid.shape[1] / grid.shape[2])))
-    ax.imshow(_hwc(grid), cmap=cmap, vmin=0, vmax=1); ax.axis('off')
-    if title: ax.set_title(title)
+    ax.imshow(_hwc(grid), cmap=cmap, vmin=0, vmax=1)
+    ax.axis('off')
+    if title:
+        ax.set_title(title)
     return ax
 
 # %% ../nbs/00_core.ipynb #5230a4c9
-def show_points(x:torch.Tensor, # (N, 2) points
-                ax=None, # axes to draw into
-                title:str|None=None, # axes title
-                lim:float|None=None, # if given, both axes span [-lim, lim]
-                s:float=2., # marker size
-                **kwargs): # passed to `ax.scatter`
+def show_points(
+    x: torch.Tensor,  # (N, 2) points
+    ax=None,  # axes to draw into
+    title: str | None = None,  # axes title
+    lim: float | None = None,  # if given, both axes span [-lim, lim]
+    s: float = 2.0,  # marker size
+    **kwargs,
+):  # passed to `ax.scatter`
     "Scatter-plot a cloud of 2-D points."
     x = x.detach().float().cpu()
-    if x.ndim != 2 or x.shape[1] != 2: raise ValueError(f"show_points wants (N, 2) points, got shape {tuple(x.shape)}")
-    if ax is None: _, ax = plt.subplots(figsize=(3, 3))
+    if x.ndim != 2 or x.shape[1] != 2:
+        raise ValueError(f"show_points wants (N, 2) points, got shape {tuple(x.shape)}")
+    if ax is None:
+        _, ax = plt.subplots(figsize=(3, 3))
     ax.scatter(x[:, 0], x[:, 1], s=s, alpha=kwargs.pop('alpha', 0.5), **kwargs)
-    if lim is not None: ax.set_xlim(-lim, lim); ax.set_ylim(-lim, lim)
+    if lim is not None:
+        ax.set_xlim(-lim, lim)
+        ax.set_ylim(-lim, lim)
     ax.set_aspect('equal')
-    if title: ax.set_title(title)
+    if title:
+        ax.set_title(title)
     return ax
 
 # %% ../nbs/00_core.ipynb #dd1ba9db
-def _temp_pattern(path:Path) -> re.Pattern:
+def _temp_pattern(path: Path) -> re.Pattern:
     "The names of `save_safetensors`' temporary files for `path`: .NAME.xxxxxxxx.tmp, with 8 hex digits."
     return re.compile(rf'\.{re.escape(path.name)}\.[0-9a-f]{{8}}\.tmp')
 
-def _new_temp(folder:Path, name:str) -> tuple:
+
+def _new_temp(folder: Path, name: str) -> tuple:
     "Create a new, empty temporary file for `name` in `folder` (mode 0666 less the umask): (file descriptor, path)."
     while True:
-        tmp = folder/f'.{name}.{secrets.token_hex(4)}.tmp'
+        tmp = folder / f'.{name}.{secrets.token_hex(4)}.tmp'
         try:
             return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, 'O_BINARY', 0), 0o666), tmp
         except FileExistsError:
             continue
 
-def remove_stale_temps(path, # a file that `save_safetensors` writes
-                      ) -> list: # the temporary files removed
+
+def remove_stale_temps(
+    path,  # a file that `save_safetensors` writes
+) -> list:  # the temporary files removed
     "Remove the temporary files that killed saves to `path` left next to it: those of `path`, no others."
     path = Path(path)
     if not path.parent.is_dir():
         return []
     pattern = _temp_pattern(path)
-    stale = [path.parent/n for n in sorted(os.listdir(path.parent)) if pattern.fullmatch(n)]
+    stale = [path.parent / n for n in sorted(os.listdir(path.parent)) if pattern.fullmatch(n)]
     for p in stale:
         p.unlink(missing_ok=True)
     return stale
 
 # %% ../nbs/00_core.ipynb #63433b5d
-def check_writable(path, # a file that will be written later, e.g. a checkpoint
-                   what:str='path'): # the argument's name, for the message
+def check_writable(
+    path,  # a file that will be written later, e.g. a checkpoint
+    what: str = 'path',
+):  # the argument's name, for the message
     "Fail now, not after the work that comes before the write, if `path` cannot be written."
     path = Path(path)
     if path.is_dir():
         raise ValueError(f"{what} {str(path)!r} is a folder; it must name a file")
-    folder = next(p for p in (path.parent, *path.parent.parents) if p.exists())   # the deepest folder that exists
+    folder = next(p for p in (path.parent, *path.parent.parents) if p.exists())  # the deepest folder that exists
     if not folder.is_dir():
         raise ValueError(f"{what} {str(path)!r} cannot be written: {str(folder)!r} is a file, not a folder")
     try:
         fd, probe = _new_temp(folder, path.name)
     except OSError as e:
-        raise ValueError(f"{what} {str(path)!r} cannot be written: no file can be created in {str(folder)!r} "
-                         f"({e.strerror})") from e
+        raise ValueError(
+            f"{what} {str(path)!r} cannot be written: no file can be created in {str(folder)!r} ({e.strerror})"
+        ) from e
     os.close(fd)
     probe.unlink()
 
 # %% ../nbs/00_core.ipynb #c1c36238
-def save_safetensors(tensors:dict, # name -> tensor
-                     path, # destination file
-                     metadata:dict|None=None): # stored in the header; values that are not strings are stored as JSON
+def save_safetensors(
+    tensors: dict,  # name -> tensor
+    path,  # destination file
+    metadata: dict | None = None,
+):  # stored in the header; values that are not strings are stored as JSON
     "Write `tensors` to `path` as safetensors, atomically (temp file + rename); removes what killed saves left behind."
     from safetensors.torch import save
+
     if not isinstance(tensors, dict):
         raise TypeError(f"save_safetensors wants a dict from names (str) to tensors, got {type(tensors).__name__}")
     bad = [k for k, v in tensors.items() if not isinstance(k, str) or not torch.is_tensor(v)]
@@ -237,10 +283,13 @@ def save_safetensors(tensors:dict, # name -> tensor
     return path
 
 # %% ../nbs/00_core.ipynb #b31640e0
-def load_safetensors(path, # a .safetensors file
-                     device='cpu'): # where to put the tensors
+def load_safetensors(
+    path,  # a .safetensors file
+    device='cpu',
+):  # where to put the tensors
     "Load a safetensors file as (tensors, metadata), with a clear error for a missing or corrupt file."
     from safetensors import safe_open
+
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"No weights file at {str(path)!r}")
@@ -251,14 +300,17 @@ def load_safetensors(path, # a .safetensors file
         raise ValueError(f"{str(path)!r} is not a valid safetensors file ({e})") from e
 
 # %% ../nbs/00_core.ipynb #9eef024c
-WEIGHTS_DIR = Path(__file__).parent/'weights' if '__file__' in globals() else Path('../diffcourse/weights').resolve()
+WEIGHTS_DIR = Path(__file__).parent / 'weights' if '__file__' in globals() else Path('../diffcourse/weights').resolve()
 
-def weights_path(name:str, # file name in diffcourse/weights, e.g. 'digits_unet.safetensors'
-                 must_exist:bool=True):
+
+def weights_path(
+    name: str,  # file name in diffcourse/weights, e.g. 'digits_unet.safetensors'
+    must_exist: bool = True,
+):
     "Path of a weights file shipped with the package."
     if not isinstance(name, str) or not name or Path(name).name != name:
         raise ValueError(f"weights_path wants the name of a file in {WEIGHTS_DIR}, without folders, got {name!r}")
-    p = WEIGHTS_DIR/name
+    p = WEIGHTS_DIR / name
     if must_exist and not p.is_file():
         have = sorted(f.name for f in WEIGHTS_DIR.glob('*.safetensors')) if WEIGHTS_DIR.exists() else []
         raise FileNotFoundError(f"No shipped weights named {name!r} in {WEIGHTS_DIR}; available: {have}")
@@ -267,8 +319,10 @@ def weights_path(name:str, # file name in diffcourse/weights, e.g. 'digits_unet.
 # %% ../nbs/00_core.ipynb #65b5441e
 ARCHITECTURES = {}  # 'module.Class', as a weights file names it -> the nn.Module class that loading may build
 
-def register_architecture(cls:type, # an `nn.Module` subclass whose constructor takes its `config` dict as keywords
-                         ) -> type: # `cls` itself, so that this works as a class decorator
+
+def register_architecture(
+    cls: type,  # an `nn.Module` subclass whose constructor takes its `config` dict as keywords
+) -> type:  # `cls` itself, so that this works as a class decorator
     "Let `load_pretrained` build `cls` when a weights file names it: these are the only classes a file can ask for."
     if not (isinstance(cls, type) and issubclass(cls, torch.nn.Module)):
         raise TypeError(f"register_architecture wants an nn.Module subclass, got {cls!r}")

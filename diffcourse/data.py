@@ -22,100 +22,124 @@ __all__ = ['TOYS', 'GLYPH_CHARS', 'GLYPH_FONTS', 'GLYPHS_VERSION', 'TRAIN_FRACTI
            'net_timeout', 'is_offline', 'download_mnist', 'load_mnist', 'get_dataloader']
 
 # %% ../nbs/01_data.ipynb #db63f33d
-def swiss_roll(n:int, # number of points
-               generator:torch.Generator|None=None, # source of randomness
-               noise:float=0.05, # std of the Gaussian blur, in the output's units
-              ) -> torch.Tensor: # (n, 2) float32 points, roughly unit std
+def swiss_roll(
+    n: int,  # number of points
+    generator: torch.Generator | None = None,  # source of randomness
+    noise: float = 0.05,  # std of the Gaussian blur, in the output's units
+) -> torch.Tensor:  # (n, 2) float32 points, roughly unit std
     "Sample the 2-D Swiss roll, scaled to roughly unit standard deviation."
     n, noise = check_number(n, 'n', 1, integer=True), check_number(noise, 'noise', 0)
     u = torch.rand(n, generator=generator)
     e = torch.randn(n, 2, generator=generator)
-    t = 1.5 * math.pi * (1 + 2 * u)                                   # eq. (1)
+    t = 1.5 * math.pi * (1 + 2 * u)  # eq. (1)
     x = torch.stack([t * torch.cos(t) - 2, t * torch.sin(t) - 0.2], dim=1) / 7
-    return (x + noise * e).float()                                     # (n, 2)
+    return (x + noise * e).float()  # (n, 2)
 
 # %% ../nbs/01_data.ipynb #ca71d6be
-def two_moons(n:int, # number of points
-              generator:torch.Generator|None=None, # source of randomness
-              noise:float=0.05, # std of the Gaussian blur, in the output's units
-             ) -> torch.Tensor: # (n, 2) float32 points, roughly unit std
+def two_moons(
+    n: int,  # number of points
+    generator: torch.Generator | None = None,  # source of randomness
+    noise: float = 0.05,  # std of the Gaussian blur, in the output's units
+) -> torch.Tensor:  # (n, 2) float32 points, roughly unit std
     "Sample two interlocking half circles, centred and scaled to roughly unit size."
     n, noise = check_number(n, 'n', 1, integer=True), check_number(noise, 'noise', 0)
     theta = math.pi * torch.rand(n, generator=generator)
     upper = torch.rand(n, generator=generator) < 0.5
     e = torch.randn(n, 2, generator=generator)
-    sign = torch.where(upper, 1., -1.)[:, None]                        # (n, 1): the lower moon is the upper one turned round
-    x = sign * torch.stack([torch.cos(theta) - 0.5, torch.sin(theta) - 0.25], dim=1) / 0.7   # eq. (2)
+    sign = torch.where(upper, 1.0, -1.0)[:, None]  # (n, 1): the lower moon is the upper one turned round
+    x = sign * torch.stack([torch.cos(theta) - 0.5, torch.sin(theta) - 0.25], dim=1) / 0.7  # eq. (2)
     return (x + noise * e).float()
 
 # %% ../nbs/01_data.ipynb #571942de
 class GaussianMixture:
     "A mixture of Gaussians with known parameters: exact samples, log-density and score (float64 inside)."
-    def __init__(self,
-                 means, # (K, D) component means
-                 covs, # (K, D, D) symmetric positive-definite covariances
-                 weights=None): # (K,) positive mixing weights (normalised here); None for equal weights
+
+    def __init__(
+        self,
+        means,  # (K, D) component means
+        covs,  # (K, D, D) symmetric positive-definite covariances
+        weights=None,
+    ):  # (K,) positive mixing weights (normalised here); None for equal weights
         self.means = torch.as_tensor(means, dtype=torch.float64)
         if self.means.ndim != 2 or not self.means.isfinite().all():
             raise ValueError(f"means must be finite, of shape (K, D); got {tuple(self.means.shape)}: {self.means}")
         self.K, self.D = self.means.shape
         self.covs = torch.as_tensor(covs, dtype=torch.float64)
         if self.covs.shape != (self.K, self.D, self.D):
-            raise ValueError(f"covs must have shape (K, D, D) = {(self.K, self.D, self.D)}, got {tuple(self.covs.shape)}")
-        w = torch.ones(self.K, dtype=torch.float64) if weights is None else torch.as_tensor(weights, dtype=torch.float64)
+            raise ValueError(
+                f"covs must have shape (K, D, D) = {(self.K, self.D, self.D)}, got {tuple(self.covs.shape)}"
+            )
+        w = (
+            torch.ones(self.K, dtype=torch.float64)
+            if weights is None
+            else torch.as_tensor(weights, dtype=torch.float64)
+        )
         if w.shape != (self.K,) or not (w > 0).all():
             raise ValueError(f"weights must be {self.K} positive numbers, got {w.tolist()}")
         self.weights = w / w.sum()
         # float64 products such as R S R^T are symmetric to ~1e-16 relative; allclose's defaults (rtol 1e-5, atol 1e-8)
         # catch real asymmetry only
-        if not torch.allclose(self.covs, self.covs.transpose(1, 2)): raise ValueError("covs must be symmetric")
+        if not torch.allclose(self.covs, self.covs.transpose(1, 2)):
+            raise ValueError("covs must be symmetric")
         L, info = torch.linalg.cholesky_ex(self.covs)
-        if (info != 0).any(): raise ValueError(f"covs must be positive definite; components {torch.nonzero(info).flatten().tolist()} are not")
-        self.L = L                                                          # (K, D, D) Cholesky factors
+        if (info != 0).any():
+            raise ValueError(
+                f"covs must be positive definite; components {torch.nonzero(info).flatten().tolist()} are not"
+            )
+        self.L = L  # (K, D, D) Cholesky factors
 
-    def __repr__(self): return f"GaussianMixture(K={self.K}, D={self.D})"
+    def __repr__(self):
+        return f"GaussianMixture(K={self.K}, D={self.D})"
 
-    def sample(self, n:int, # number of samples
-               generator:torch.Generator|None=None, # source of randomness
-              ) -> torch.Tensor: # (n, D) float32
+    def sample(
+        self,
+        n: int,  # number of samples
+        generator: torch.Generator | None = None,  # source of randomness
+    ) -> torch.Tensor:  # (n, D) float32
         "Draw `n` exact samples: pick a component, then x = mu_k + L_k eps."
         check_number(n, 'n', 1, integer=True)
-        k = torch.multinomial(self.weights, n, replacement=True, generator=generator)             # (n,)
-        eps = torch.randn(n, self.D, generator=generator, dtype=torch.float64)                    # (n, D)
-        return (self.means[k] + (self.L[k] @ eps[..., None])[..., 0]).float()                     # (n, D)
+        k = torch.multinomial(self.weights, n, replacement=True, generator=generator)  # (n,)
+        eps = torch.randn(n, self.D, generator=generator, dtype=torch.float64)  # (n, D)
+        return (self.means[k] + (self.L[k] @ eps[..., None])[..., 0]).float()  # (n, D)
 
     def _log_joint(self, x):
         "log w_k + log N(x; mu_k, Sigma_k) for every point and component: (n, K), float64."
         if x.ndim != 2 or x.shape[1] != self.D:
             raise ValueError(f"x must have shape (n, {self.D}), got {tuple(x.shape)}")
-        d = x[:, None, :] - self.means.to(x.device)                                              # (n, K, D)
+        d = x[:, None, :] - self.means.to(x.device)  # (n, K, D)
         L = self.L.to(x.device)
-        z = torch.linalg.solve_triangular(L, d[..., None], upper=False)[..., 0]                  # (n, K, D) = L^-1 (x - mu)
-        half_logdet = torch.log(torch.diagonal(L, dim1=1, dim2=2)).sum(-1)                       # (K,)
-        log_n = -0.5 * (z ** 2).sum(-1) - half_logdet - 0.5 * self.D * math.log(2 * math.pi)    # eq. (3)
+        z = torch.linalg.solve_triangular(L, d[..., None], upper=False)[..., 0]  # (n, K, D) = L^-1 (x - mu)
+        half_logdet = torch.log(torch.diagonal(L, dim1=1, dim2=2)).sum(-1)  # (K,)
+        log_n = -0.5 * (z**2).sum(-1) - half_logdet - 0.5 * self.D * math.log(2 * math.pi)  # eq. (3)
         return torch.log(self.weights.to(x.device)) + log_n
 
-    def log_prob(self, x:torch.Tensor, # (n, D) points
-                ) -> torch.Tensor: # (n,) exact log-density, in the dtype of `x`
+    def log_prob(
+        self,
+        x: torch.Tensor,  # (n, D) points
+    ) -> torch.Tensor:  # (n,) exact log-density, in the dtype of `x`
         "Exact log-density, computed in float64 with log-sum-exp."
-        return torch.logsumexp(self._log_joint(x.double()), dim=1).to(x.dtype)                   # eq. (4)
+        return torch.logsumexp(self._log_joint(x.double()), dim=1).to(x.dtype)  # eq. (4)
 
-    def score(self, x:torch.Tensor, # (n, D) points
-             ) -> torch.Tensor: # (n, D) exact grad_x log p(x), in the dtype of `x`
+    def score(
+        self,
+        x: torch.Tensor,  # (n, D) points
+    ) -> torch.Tensor:  # (n, D) exact grad_x log p(x), in the dtype of `x`
         "Exact score of the mixture."
         xd = x.double()
-        r = torch.softmax(self._log_joint(xd), dim=1)                                            # (n, K) responsibilities
-        d = xd[:, None, :] - self.means.to(x.device)                                             # (n, K, D)
-        prec_d = torch.cholesky_solve(d[..., None], self.L.to(x.device))[..., 0]                 # (n, K, D) = Sigma^-1 (x - mu)
-        return -(r[..., None] * prec_d).sum(1).to(x.dtype)                                       # eq. (5)
+        r = torch.softmax(self._log_joint(xd), dim=1)  # (n, K) responsibilities
+        d = xd[:, None, :] - self.means.to(x.device)  # (n, K, D)
+        prec_d = torch.cholesky_solve(d[..., None], self.L.to(x.device))[..., 0]  # (n, K, D) = Sigma^-1 (x - mu)
+        return -(r[..., None] * prec_d).sum(1).to(x.dtype)  # eq. (5)
 
-    def noised(self, a:float=1., # scale of the clean sample
-               sigma:float=0., # std of the added noise
-              ) -> GaussianMixture: # the exact distribution of a * x0 + sigma * eps
+    def noised(
+        self,
+        a: float = 1.0,  # scale of the clean sample
+        sigma: float = 0.0,  # std of the added noise
+    ) -> GaussianMixture:  # the exact distribution of a * x0 + sigma * eps
         "The mixture followed by x -> a x + sigma eps, which is again a Gaussian mixture."
         a, sigma = check_number(a, 'a'), check_number(sigma, 'sigma', 0)
         eye = torch.eye(self.D, dtype=torch.float64)
-        return GaussianMixture(a * self.means, a ** 2 * self.covs + sigma ** 2 * eye, self.weights)   # eq. (6)
+        return GaussianMixture(a * self.means, a**2 * self.covs + sigma**2 * eye, self.weights)  # eq. (6)
 
     def mean(self) -> torch.Tensor:
         "The mixture's mean, (D,) float64."
@@ -131,11 +155,11 @@ class GaussianMixture:
 def gaussian_mixture() -> GaussianMixture:
     "The course's default 2-D mixture: six anisotropic components on a ring, with unequal weights."
     angles = torch.arange(6, dtype=torch.float64) * (2 * math.pi / 6)
-    means = 1.3 * torch.stack([torch.cos(angles), torch.sin(angles)], dim=1)               # (6, 2)
-    long_axis = angles + math.pi / 2 * (torch.arange(6) % 2 == 0)                          # along the ring, then across it
+    means = 1.3 * torch.stack([torch.cos(angles), torch.sin(angles)], dim=1)  # (6, 2)
+    long_axis = angles + math.pi / 2 * (torch.arange(6) % 2 == 0)  # along the ring, then across it
     c, s = torch.cos(long_axis), torch.sin(long_axis)
-    R = torch.stack([torch.stack([c, -s], -1), torch.stack([s, c], -1)], -2)                # (6, 2, 2) rotations
-    scales = torch.diag_embed(torch.tensor([[0.25, 0.08]] * 6, dtype=torch.float64) ** 2)   # std 0.25 along, 0.08 across
+    R = torch.stack([torch.stack([c, -s], -1), torch.stack([s, c], -1)], -2)  # (6, 2, 2) rotations
+    scales = torch.diag_embed(torch.tensor([[0.25, 0.08]] * 6, dtype=torch.float64) ** 2)  # std 0.25 along, 0.08 across
     covs = R @ scales @ R.transpose(1, 2)
     weights = torch.tensor([0.25, 0.1, 0.2, 0.1, 0.25, 0.1], dtype=torch.float64)
     return GaussianMixture(means, covs, weights)
@@ -147,48 +171,62 @@ TOYS = {
     'gaussian_mixture': lambda n, generator=None: gaussian_mixture().sample(n, generator),
 }
 
-def _pick(table:dict, name:str, what:str):
+
+def _pick(table: dict, name: str, what: str):
     "table[name], or a ValueError naming the bad value and the valid choices."
     if not isinstance(name, str) or name not in table:
         raise ValueError(f"Unknown {what} {name!r}; valid choices are {sorted(table)}")
     return table[name]
 
-def toy_2d(name:str, # one of `TOYS`: 'swiss_roll', 'two_moons', 'gaussian_mixture'
-           n:int, # number of points
-           generator:torch.Generator|None=None, # source of randomness
-          ) -> torch.Tensor: # (n, 2) float32
+
+def toy_2d(
+    name: str,  # one of `TOYS`: 'swiss_roll', 'two_moons', 'gaussian_mixture'
+    n: int,  # number of points
+    generator: torch.Generator | None = None,  # source of randomness
+) -> torch.Tensor:  # (n, 2) float32
     "Sample `n` points from the 2-D toy data set `name`."
     return _pick(TOYS, name, '2-D toy')(check_number(n, 'n', 1, integer=True), generator)
 
 # %% ../nbs/01_data.ipynb #5f09dac9
-def _check_choice(value, valid, what:str):
+def _check_choice(value, valid, what: str):
     "`value` if it is one of `valid`, else a ValueError naming it and the valid choices."
     try:
         ok = value in valid
-    except TypeError:                                                  # an unhashable value (a list) is no choice
+    except TypeError:  # an unhashable value (a list) is no choice
         ok = False
     if not ok:
         raise ValueError(f"Unknown {what} {value!r}; valid choices are {list(valid)}")
     return value
 
-def _resize(x:torch.Tensor, # (N, 1, s, s) images in [-1, 1]
-            size:int) -> torch.Tensor: # (N, 1, size, size)
+
+def _resize(
+    x: torch.Tensor,  # (N, 1, s, s) images in [-1, 1]
+    size: int,
+) -> torch.Tensor:  # (N, 1, size, size)
     "Bilinear resize (antialiased when shrinking); identity when the size already matches."
-    if x.shape[-1] == size: return x
-    return F.interpolate(x, size=(size, size), mode='bilinear', align_corners=False, antialias=size < x.shape[-1]).clamp(-1, 1)
+    if x.shape[-1] == size:
+        return x
+    return F.interpolate(
+        x, size=(size, size), mode='bilinear', align_corners=False, antialias=size < x.shape[-1]
+    ).clamp(-1, 1)
+
 
 _DIGITS = {}
 
-def load_digits(split:str='train', # 'train' (1,437 images), 'test' (360) or 'all' (1,797)
-                size:int=16, # 8 (native), 16 (the course's standard) or 32, bilinear upsampling
-               ) -> tuple[torch.Tensor, torch.Tensor]: # images (N, 1, size, size) float32 in [-1, 1]; labels (N,) int64
+
+def load_digits(
+    split: str = 'train',  # 'train' (1,437 images), 'test' (360) or 'all' (1,797)
+    size: int = 16,  # 8 (native), 16 (the course's standard) or 32, bilinear upsampling
+) -> tuple[torch.Tensor, torch.Tensor]:  # images (N, 1, size, size) float32 in [-1, 1]; labels (N,) int64
     "scikit-learn's bundled 8x8 handwritten digits, ink +1 and background -1, with a fixed stratified split."
-    _check_choice(split, ('train', 'test', 'all'), 'split'); _check_choice(size, (8, 16, 32), 'digits image size')
+    _check_choice(split, ('train', 'test', 'all'), 'split')
+    _check_choice(size, (8, 16, 32), 'digits image size')
     if not _DIGITS:
         from sklearn import datasets
         from sklearn.model_selection import train_test_split
+
         d = datasets.load_digits()
-        x = torch.from_numpy(d.images).float()[:, None] / 8 - 1        # (1797, 1, 8, 8): 0..16 -> [-1, 1]
+        x = torch.from_numpy(d.images).float()[:, None] / 8 - 1  # (1797, 1, 8, 8): 0..16 -> [-1, 1]
         y = torch.from_numpy(d.target).long()
         tr, te = train_test_split(np.arange(len(y)), test_size=0.2, stratify=d.target, random_state=0)
         _DIGITS.update(all=(x, y), train=(x[np.sort(tr)], y[np.sort(tr)]), test=(x[np.sort(te)], y[np.sort(te)]))
@@ -223,34 +261,42 @@ GLYPH_FONTS = [
     ('cmtt10.ttf', 'Computer Modern Typewriter', 'mono', 'regular', 'upright'),
 ]
 
+
 def font_dir() -> Path:
     "The folder of TrueType fonts bundled with matplotlib."
     import matplotlib
-    return Path(matplotlib.get_data_path())/'fonts'/'ttf'
+
+    return Path(matplotlib.get_data_path()) / 'fonts' / 'ttf'
 
 # %% ../nbs/01_data.ipynb #e6c2c9c3
 _FONTS = {}
 
-def _font(file:str, px:int):
+
+def _font(file: str, px: int):
     "A cached PIL TrueType font from matplotlib's folder at `px` pixels."
     from PIL import ImageFont
+
     key = (file, px)
-    if key not in _FONTS: _FONTS[key] = ImageFont.truetype(str(font_dir()/file), px)
+    if key not in _FONTS:
+        _FONTS[key] = ImageFont.truetype(str(font_dir() / file), px)
     return _FONTS[key]
 
-def render_glyph(ch:str, # one character
-                 font_file:str, # a file in `font_dir()`, e.g. 'DejaVuSerif-Bold.ttf'
-                 size:int=16, # output size in pixels
-                 em:float=0.8, # font size as a fraction of the image side
-                 angle:float=0., # rotation in degrees, counter-clockwise
-                 shift:tuple=(0., 0.), # (dx, dy) shift in output pixels (y points down)
-                 oversample:int=4, # draw this many times larger, then box-filter down; 1 = draw directly
-                ) -> np.ndarray: # (size, size) uint8, ink 255 on background 0
+
+def render_glyph(
+    ch: str,  # one character
+    font_file: str,  # a file in `font_dir()`, e.g. 'DejaVuSerif-Bold.ttf'
+    size: int = 16,  # output size in pixels
+    em: float = 0.8,  # font size as a fraction of the image side
+    angle: float = 0.0,  # rotation in degrees, counter-clockwise
+    shift: tuple = (0.0, 0.0),  # (dx, dy) shift in output pixels (y points down)
+    oversample: int = 4,  # draw this many times larger, then box-filter down; 1 = draw directly
+) -> np.ndarray:  # (size, size) uint8, ink 255 on background 0
     "Draw one character centred (then shifted and rotated), antialiased by oversampling."
     from PIL import Image, ImageDraw
+
     if not isinstance(ch, str) or len(ch) != 1:
         raise ValueError(f"ch must be one character, got {ch!r}")
-    if not isinstance(font_file, str) or not (font_dir()/font_file).is_file():
+    if not isinstance(font_file, str) or not (font_dir() / font_file).is_file():
         fonts = [f for f, *_ in GLYPH_FONTS]
         raise FileNotFoundError(f"font_file {font_file!r} is not a file in {font_dir()}; the glyphs use {fonts}")
     size = check_number(size, 'size', 1, integer=True)
@@ -260,20 +306,25 @@ def render_glyph(ch:str, # one character
     px = max(4, round(em * big))
     font = _font(font_file, px)
     l, t, r, b = font.getbbox(ch)
-    fit = 0.92 * big / max(r - l, b - t, 1)               # shrink wide glyphs (W, M) so they fit
-    if fit < 1: px = max(4, int(px * fit)); font = _font(font_file, px); l, t, r, b = font.getbbox(ch)
+    fit = 0.92 * big / max(r - l, b - t, 1)  # shrink wide glyphs (W, M) so they fit
+    if fit < 1:
+        px = max(4, int(px * fit))
+        font = _font(font_file, px)
+        l, t, r, b = font.getbbox(ch)
     dx, dy = shift[0] * oversample, shift[1] * oversample
     im = Image.new('L', (big, big), 0)
     ImageDraw.Draw(im).text(((big - (r - l)) / 2 - l + dx, (big - (b - t)) / 2 - t + dy), ch, font=font, fill=255)
-    if angle: im = im.rotate(angle, resample=Image.Resampling.BICUBIC, center=(big / 2 + dx, big / 2 + dy))
-    return np.array(im.reduce(oversample) if oversample > 1 else im)   # box filter: each pixel is a block's mean
+    if angle:
+        im = im.rotate(angle, resample=Image.Resampling.BICUBIC, center=(big / 2 + dx, big / 2 + dy))
+    return np.array(im.reduce(oversample) if oversample > 1 else im)  # box filter: each pixel is a block's mean
 
 # %% ../nbs/01_data.ipynb #62795224
-def glyph_caption(ch:str, # the character
-                  family:str, # 'serif', 'sans' or 'mono'
-                  weight:str='regular', # 'regular' or 'bold'
-                  style:str='upright', # 'upright' or 'italic'
-                 ) -> str:
+def glyph_caption(
+    ch: str,  # the character
+    family: str,  # 'serif', 'sans' or 'mono'
+    weight: str = 'regular',  # 'regular' or 'bold'
+    style: str = 'upright',  # 'upright' or 'italic'
+) -> str:
     "A short English description, e.g. 'a bold serif capital A'."
     if not isinstance(ch, str) or len(ch) != 1 or not ch.isalnum():
         raise ValueError(f"ch must be one letter or digit, got {ch!r}")
@@ -281,66 +332,101 @@ def glyph_caption(ch:str, # the character
     _check_choice(weight, ('regular', 'bold'), 'weight')
     _check_choice(style, ('upright', 'italic'), 'style')
     kind = 'digit' if ch.isdigit() else 'capital' if ch.isupper() else 'lowercase'
-    words = [w for w in (weight if weight != 'regular' else '', style if style != 'upright' else '', family, kind, ch) if w]
+    words = [
+        w for w in (weight if weight != 'regular' else '', style if style != 'upright' else '', family, kind, ch) if w
+    ]
     return ('an ' if words[0][0] in 'aeiou' else 'a ') + ' '.join(words)
 
 # %% ../nbs/01_data.ipynb #43eba7bd
 def cache_dir() -> Path:
     "Where generated and downloaded data live: `$DIFFCOURSE_CACHE`, else `~/.cache/diffcourse`."
-    return Path(os.environ.get('DIFFCOURSE_CACHE') or Path.home()/'.cache'/'diffcourse')
+    return Path(os.environ.get('DIFFCOURSE_CACHE') or Path.home() / '.cache' / 'diffcourse')
 
-def _atomic_write(path:Path, data:bytes):
+
+def _atomic_write(path: Path, data: bytes):
     "Write bytes to `path` via a temporary file in the same folder and a rename."
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f'.{path.name}.', suffix='.tmp')
     try:
-        with os.fdopen(fd, 'wb') as f: f.write(data); f.flush(); os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)                                  # mkstemp makes owner-only files; a cache is for reading
+        with os.fdopen(fd, 'wb') as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp makes owner-only files; a cache is for reading
         os.replace(tmp, path)
     except BaseException:
-        if os.path.exists(tmp): os.unlink(tmp)
+        if os.path.exists(tmp):
+            os.unlink(tmp)
         raise
+
 
 class Glyphs(NamedTuple):
     "Glyph images with labels, captions and the attributes they were drawn with."
-    images: torch.Tensor # (N, 1, S, S) float32 in [-1, 1], ink +1
-    labels: torch.Tensor # (N,) int64 index into GLYPH_CHARS
-    captions: list # N strings, e.g. 'a bold serif capital A'
-    attrs: list # N dicts: char, font, family, weight, style, em, angle, shift
+
+    images: torch.Tensor  # (N, 1, S, S) float32 in [-1, 1], ink +1
+    labels: torch.Tensor  # (N,) int64 index into GLYPH_CHARS
+    captions: list  # N strings, e.g. 'a bold serif capital A'
+    attrs: list  # N dicts: char, font, family, weight, style, em, angle, shift
+
 
 GLYPHS_VERSION = 1
 TRAIN_FRACTION = 0.8
 _GLYPHS = {}
 
 # %% ../nbs/01_data.ipynb #9719e7e5
-def _glyph_params(n_per_class:int, seed:int):
+def _glyph_params(n_per_class: int, seed: int):
     "Draw every image's drawing parameters from one seeded generator: a list of attr dicts, class-major."
     rng = np.random.default_rng(seed)
     n = len(GLYPH_CHARS) * n_per_class
     families = ('serif', 'sans', 'mono')
     by_family = {f: [i for i, row in enumerate(GLYPH_FONTS) if row[2] == f] for f in families}
-    fam = rng.integers(0, 3, n); pick = rng.random(n)
-    em = rng.uniform(0.6, 0.95, n); angle = rng.uniform(-12, 12, n); shift = rng.uniform(-1.5, 1.5, (n, 2))
+    fam = rng.integers(0, 3, n)
+    pick = rng.random(n)
+    em = rng.uniform(0.6, 0.95, n)
+    angle = rng.uniform(-12, 12, n)
+    shift = rng.uniform(-1.5, 1.5, (n, 2))
     attrs = []
     for i in range(n):
         fonts = by_family[families[fam[i]]]
         file, name, family, weight, style = GLYPH_FONTS[fonts[int(pick[i] * len(fonts))]]
-        attrs.append(dict(char=GLYPH_CHARS[i // n_per_class], file=file, font=name, family=family, weight=weight, style=style,
-                          em=round(float(em[i]), 4), angle=round(float(angle[i]), 3), shift=[round(float(s), 3) for s in shift[i]]))
+        attrs.append(
+            dict(
+                char=GLYPH_CHARS[i // n_per_class],
+                file=file,
+                font=name,
+                family=family,
+                weight=weight,
+                style=style,
+                em=round(float(em[i]), 4),
+                angle=round(float(angle[i]), 3),
+                shift=[round(float(s), 3) for s in shift[i]],
+            )
+        )
     return attrs
+
 
 def _glyphs_key(size, n_per_class, seed):
     import PIL
-    fonts = [(f, (font_dir()/f).stat().st_size) for f, *_ in GLYPH_FONTS]
-    blob = json.dumps(dict(v=GLYPHS_VERSION, size=size, n=n_per_class, seed=seed, fonts=fonts, pil=PIL.__version__), sort_keys=True)
+
+    fonts = [(f, (font_dir() / f).stat().st_size) for f, *_ in GLYPH_FONTS]
+    blob = json.dumps(
+        dict(v=GLYPHS_VERSION, size=size, n=n_per_class, seed=seed, fonts=fonts, pil=PIL.__version__), sort_keys=True
+    )
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
 
 def _make_glyphs(size, n_per_class, seed):
     "Render the whole set: (N, S, S) uint8 images, (N,) labels, attrs."
     attrs = _glyph_params(n_per_class, seed)
     scale = size / 16
-    imgs = np.stack([render_glyph(a['char'], a['file'], size, a['em'], a['angle'], (a['shift'][0] * scale, a['shift'][1] * scale))
-                     for a in attrs])
+    imgs = np.stack(
+        [
+            render_glyph(
+                a['char'], a['file'], size, a['em'], a['angle'], (a['shift'][0] * scale, a['shift'][1] * scale)
+            )
+            for a in attrs
+        ]
+    )
     labels = np.repeat(np.arange(len(GLYPH_CHARS)), n_per_class)
     return imgs, labels, attrs
 
@@ -348,36 +434,41 @@ def _make_glyphs(size, n_per_class, seed):
 def _glyphs_all(size, n_per_class, seed):
     "The full set from memory, disk cache, or freshly generated (then cached)."
     key = _glyphs_key(size, n_per_class, seed)
-    if key in _GLYPHS: return _GLYPHS[key]
-    path = cache_dir()/f'glyphs-{size}px-{n_per_class}pc-seed{seed}-{key}.npz'
+    if key in _GLYPHS:
+        return _GLYPHS[key]
+    path = cache_dir() / f'glyphs-{size}px-{n_per_class}pc-seed{seed}-{key}.npz'
     data = None
     if path.is_file():
         try:
             with np.load(path, allow_pickle=False) as z:
                 data = z['images'], z['labels'], json.loads(str(z['attrs']))
-        except Exception as e: warnings.warn(f"Ignoring unreadable glyph cache {path} ({e}); regenerating")
+        except Exception as e:
+            warnings.warn(f"Ignoring unreadable glyph cache {path} ({e}); regenerating")
     if data is None:
         data = _make_glyphs(size, n_per_class, seed)
         buf = io.BytesIO()
         np.savez_compressed(buf, images=data[0], labels=data[1], attrs=np.array(json.dumps(data[2])))
-        try: _atomic_write(path, buf.getvalue())
-        except OSError as e: warnings.warn(f"Could not write the glyph cache {path} ({e}); continuing without it")
+        try:
+            _atomic_write(path, buf.getvalue())
+        except OSError as e:
+            warnings.warn(f"Could not write the glyph cache {path} ({e}); continuing without it")
     _GLYPHS[key] = data
     return data
 
 # %% ../nbs/01_data.ipynb #9000d585
-def load_glyphs(split:str='train', # 'train' (first 80% of each class), 'test' (the rest) or 'all'
-                size:int=16, # 16 or 32
-                n_per_class:int=64, # images per character before the split (62 characters)
-                seed:int=0, # seed of the drawing parameters
-               ) -> Glyphs:
+def load_glyphs(
+    split: str = 'train',  # 'train' (first 80% of each class), 'test' (the rest) or 'all'
+    size: int = 16,  # 16 or 32
+    n_per_class: int = 64,  # images per character before the split (62 characters)
+    seed: int = 0,  # seed of the drawing parameters
+) -> Glyphs:
     "Letters and digits drawn from matplotlib's fonts, with labels and captions; deterministic and cached."
     _check_choice(split, ('train', 'test', 'all'), 'split')
     _check_choice(size, (16, 32), 'glyph image size')
     n_per_class = check_number(n_per_class, 'n_per_class (one train and one test image at least)', 2, integer=True)
     seed = check_number(seed, 'seed', 0, integer=True)
     imgs, labels, attrs = _glyphs_all(size, n_per_class, seed)
-    j = np.arange(len(labels)) % n_per_class                     # index within the class
+    j = np.arange(len(labels)) % n_per_class  # index within the class
     n_train = max(1, min(n_per_class - 1, round(TRAIN_FRACTION * n_per_class)))
     idx = np.flatnonzero({'train': j < n_train, 'test': j >= n_train, 'all': j >= 0}[split])
     x = torch.from_numpy(imgs[idx]).float()[:, None] / 127.5 - 1  # (N, 1, S, S): 0..255 -> [-1, 1]
@@ -386,35 +477,55 @@ def load_glyphs(split:str='train', # 'train' (first 80% of each class), 'test' (
     return Glyphs(x, torch.from_numpy(labels[idx]).long(), caps, at)
 
 # %% ../nbs/01_data.ipynb #e2698831
-IDX_DTYPES = {0x08: np.dtype('u1'), 0x09: np.dtype('i1'), 0x0B: np.dtype('>i2'), 0x0C: np.dtype('>i4'),
-              0x0D: np.dtype('>f4'), 0x0E: np.dtype('>f8')}
+IDX_DTYPES = {
+    0x08: np.dtype('u1'),
+    0x09: np.dtype('i1'),
+    0x0B: np.dtype('>i2'),
+    0x0C: np.dtype('>i4'),
+    0x0D: np.dtype('>f4'),
+    0x0E: np.dtype('>f8'),
+}
 
-def read_idx(path, # an IDX file, plain or gzipped
-            ) -> np.ndarray:
+
+def read_idx(
+    path,  # an IDX file, plain or gzipped
+) -> np.ndarray:
     "Read an IDX file (the MNIST format) into a numpy array; ValueError naming the file if it is corrupt."
     path = Path(path)
     raw = path.read_bytes()
     if raw[:2] == b'\x1f\x8b':
-        try: raw = gzip.decompress(raw)
-        except (OSError, EOFError) as e: raise ValueError(f"{str(path)!r} is not a valid IDX file: corrupt gzip ({e})") from e
+        try:
+            raw = gzip.decompress(raw)
+        except (OSError, EOFError) as e:
+            raise ValueError(f"{str(path)!r} is not a valid IDX file: corrupt gzip ({e})") from e
     if len(raw) < 4 or raw[:2] != b'\0\0' or raw[2] not in IDX_DTYPES:
         raise ValueError(f"{str(path)!r} is not a valid IDX file: bad header {raw[:4]!r}")
     ndim = raw[3]
-    if len(raw) < 4 + 4 * ndim: raise ValueError(f"{str(path)!r} is not a valid IDX file: truncated header")
-    shape = struct.unpack(f'>{ndim}I', raw[4:4 + 4 * ndim])
+    if len(raw) < 4 + 4 * ndim:
+        raise ValueError(f"{str(path)!r} is not a valid IDX file: truncated header")
+    shape = struct.unpack(f'>{ndim}I', raw[4 : 4 + 4 * ndim])
     dt = IDX_DTYPES[raw[2]]
-    body = raw[4 + 4 * ndim:]
+    body = raw[4 + 4 * ndim :]
     want = int(np.prod(shape)) * dt.itemsize
     if len(body) != want:
-        raise ValueError(f"{str(path)!r} is not a valid IDX file: header says {shape} ({want} bytes of data), found {len(body)} bytes")
+        raise ValueError(
+            f"{str(path)!r} is not a valid IDX file: header says {shape} ({want} bytes of data), "
+            f"found {len(body)} bytes"
+        )
     return np.frombuffer(body, dtype=dt).reshape(shape).astype(dt.newbyteorder('='))
 
-def write_idx(path, # destination; gzipped when the name ends in .gz
-              array:np.ndarray): # uint8, int8, int16, int32, float32 or float64
+
+def write_idx(
+    path,  # destination; gzipped when the name ends in .gz
+    array: np.ndarray,
+):  # uint8, int8, int16, int32, float32 or float64
     "Write `array` as an IDX file (atomically)."
     a = np.asarray(array)
-    code = next((c for c, dt in IDX_DTYPES.items() if dt.kind == a.dtype.kind and dt.itemsize == a.dtype.itemsize), None)
-    if code is None: raise ValueError(f"IDX cannot store dtype {a.dtype}; valid: {[str(d) for d in IDX_DTYPES.values()]}")
+    code = next(
+        (c for c, dt in IDX_DTYPES.items() if dt.kind == a.dtype.kind and dt.itemsize == a.dtype.itemsize), None
+    )
+    if code is None:
+        raise ValueError(f"IDX cannot store dtype {a.dtype}; valid: {[str(d) for d in IDX_DTYPES.values()]}")
     raw = bytes([0, 0, code, a.ndim]) + struct.pack(f'>{a.ndim}I', *a.shape) + a.astype(IDX_DTYPES[code]).tobytes()
     path = Path(path)
     _atomic_write(path, gzip.compress(raw, mtime=0) if path.suffix == '.gz' else raw)
@@ -430,38 +541,50 @@ def net_timeout() -> float:
         raise ValueError(f"DIFFCOURSE_NET_TIMEOUT must be a number of seconds > 0, got {raw!r}") from None
     return check_number(seconds, 'DIFFCOURSE_NET_TIMEOUT (seconds)', 0, lo_open=True)
 
+
 def is_offline() -> bool:
     "Whether offline mode is on: `HF_HUB_OFFLINE=1` in the environment now, or when huggingface_hub was imported."
     if os.environ.get('HF_HUB_OFFLINE', '').strip().upper() in ('1', 'ON', 'YES', 'TRUE'):
         return True
     from huggingface_hub import constants
+
     return bool(constants.HF_HUB_OFFLINE)
 
 # %% ../nbs/01_data.ipynb #20216bfe
-MNIST_FILES = {'train': ('train-images-idx3-ubyte', 'train-labels-idx1-ubyte'),
-               'test': ('t10k-images-idx3-ubyte', 't10k-labels-idx1-ubyte')}
-MNIST_URLS = {'mnist': ['https://ossci-datasets.s3.amazonaws.com/mnist/', 'https://storage.googleapis.com/cvdf-datasets/mnist/'],
-              'fashion_mnist': ['http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/']}
+MNIST_FILES = {
+    'train': ('train-images-idx3-ubyte', 'train-labels-idx1-ubyte'),
+    'test': ('t10k-images-idx3-ubyte', 't10k-labels-idx1-ubyte'),
+}
+MNIST_URLS = {
+    'mnist': ['https://ossci-datasets.s3.amazonaws.com/mnist/', 'https://storage.googleapis.com/cvdf-datasets/mnist/'],
+    'fashion_mnist': ['http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/'],
+}
 
-def _find_idx(root:Path, name:str):
+
+def _find_idx(root: Path, name: str):
     "The plain or gzipped file for `name` in `root`, or None."
-    return next((p for p in (root/name, root/f'{name}.gz') if p.is_file()), None)
+    return next((p for p in (root / name, root / f'{name}.gz') if p.is_file()), None)
 
 # %% ../nbs/01_data.ipynb #fac947e1
-def _mnist_help(kind:str, root:Path, names:list, mirrors:list, why:str) -> str:
+def _mnist_help(kind: str, root: Path, names: list, mirrors: list, why: str) -> str:
     "What to do when MNIST cannot be downloaded: which files to put in which folder."
     files = ', '.join(f'{n}.gz' for n in names)
     where = mirrors[0] if mirrors else 'a mirror'
-    return (f"Could not download {kind}: {why}. Without network, put the files {files} (gzipped as on the mirrors, "
-            f"or unzipped) into the folder {str(root)!r}, fetched where there is network from {where}, then load them "
-            f"without download=True. Offline mode (HF_HUB_OFFLINE=1) never tries the network.")
+    return (
+        f"Could not download {kind}: {why}. Without network, put the files {files} (gzipped as on the mirrors, "
+        f"or unzipped) into the folder {str(root)!r}, fetched where there is network from {where}, then load them "
+        f"without download=True. Offline mode (HF_HUB_OFFLINE=1) never tries the network."
+    )
 
-def download_mnist(root, # folder to put the files in
-                   kind:str='mnist', # 'mnist' or 'fashion_mnist'
-                   mirrors:list|None=None, # base URLs to try in order; None: `MNIST_URLS[kind]`
-                  ) -> Path:
+
+def download_mnist(
+    root,  # folder to put the files in
+    kind: str = 'mnist',  # 'mnist' or 'fashion_mnist'
+    mirrors: list | None = None,  # base URLs to try in order; None: `MNIST_URLS[kind]`
+) -> Path:
     "Download the four gzipped IDX files of `kind` into `root` (skipping files already there); fails fast offline."
     import urllib.request
+
     _check_choice(kind, tuple(MNIST_URLS), 'MNIST kind')
     root = Path(root)
     mirrors = list(MNIST_URLS[kind] if mirrors is None else mirrors)
@@ -470,26 +593,27 @@ def download_mnist(root, # folder to put the files in
         raise OSError(_mnist_help(kind, root, todo, mirrors, 'offline mode is on (HF_HUB_OFFLINE=1)'))
     for name in todo:
         errors = []
-        for base in mirrors:                                           # one try per mirror, bounded by net_timeout()
+        for base in mirrors:  # one try per mirror, bounded by net_timeout()
             try:
                 with urllib.request.urlopen(base + name + '.gz', timeout=net_timeout()) as r:
                     data = r.read()
                 break
-            except (OSError, ValueError) as e:                        # no network, a timeout, a refused or bad URL
+            except (OSError, ValueError) as e:  # no network, a timeout, a refused or bad URL
                 errors.append(f'{base}: {e}')
-        else:                                                          # every mirror failed: stop, do not try the rest
+        else:  # every mirror failed: stop, do not try the rest
             raise OSError(_mnist_help(kind, root, todo, mirrors, '; '.join(errors) or 'no mirrors given'))
-        _atomic_write(root/f'{name}.gz', data)
+        _atomic_write(root / f'{name}.gz', data)
     return root
 
 # %% ../nbs/01_data.ipynb #e5c217e3
-def load_mnist(root, # folder holding the four IDX files (plain or .gz)
-               split:str='train', # 'train' (60,000), 'test' (10,000) or 'all'
-               kind:str='mnist', # 'mnist' or 'fashion_mnist' (picks the download URLs)
-               size:int=28, # 28 (native), 16 (antialiased shrink) or 32 (padded)
-               download:bool=False, # fetch missing files from the official mirrors
-               mirrors:list|None=None, # base URLs to download from; None: `MNIST_URLS[kind]`
-              ) -> tuple[torch.Tensor, torch.Tensor]: # images (N, 1, size, size) float32 in [-1, 1]; labels (N,) int64
+def load_mnist(
+    root,  # folder holding the four IDX files (plain or .gz)
+    split: str = 'train',  # 'train' (60,000), 'test' (10,000) or 'all'
+    kind: str = 'mnist',  # 'mnist' or 'fashion_mnist' (picks the download URLs)
+    size: int = 28,  # 28 (native), 16 (antialiased shrink) or 32 (padded)
+    download: bool = False,  # fetch missing files from the official mirrors
+    mirrors: list | None = None,  # base URLs to download from; None: `MNIST_URLS[kind]`
+) -> tuple[torch.Tensor, torch.Tensor]:  # images (N, 1, size, size) float32 in [-1, 1]; labels (N,) int64
     "MNIST or Fashion-MNIST from their standard IDX files, as images in [-1, 1] and int64 labels."
     _check_choice(split, ('train', 'test', 'all'), 'split')
     _check_choice(kind, tuple(MNIST_URLS), 'MNIST kind')
@@ -501,49 +625,70 @@ def load_mnist(root, # folder holding the four IDX files (plain or .gz)
         download_mnist(root, kind, mirrors)
     missing = [n for n in names if _find_idx(root, n) is None]
     if missing:
-        where = f"the folder {str(root)!r} does not exist" if not root.is_dir() else f"missing in {str(root)!r}: {missing}"
-        raise FileNotFoundError(f"{kind} {split} files not found: {where}. Expected {names} (plain or .gz); "
-                                f"pass download=True to fetch them.")
+        where = (
+            f"the folder {str(root)!r} does not exist" if not root.is_dir() else f"missing in {str(root)!r}: {missing}"
+        )
+        raise FileNotFoundError(
+            f"{kind} {split} files not found: {where}. Expected {names} (plain or .gz); "
+            f"pass download=True to fetch them."
+        )
     xs, ys = [], []
     for s in splits:
         fi, fl = (_find_idx(root, n) for n in MNIST_FILES[s])
         x, y = read_idx(fi), read_idx(fl)
-        if x.ndim != 3 or x.dtype != np.uint8: raise ValueError(f"{str(fi)!r} should hold (N, H, W) uint8 images, got {x.shape} {x.dtype}")
-        if y.ndim != 1 or len(y) != len(x): raise ValueError(f"{str(fl)!r} should hold {len(x)} labels to match {fi.name}, got shape {y.shape}")
-        xs.append(torch.from_numpy(x).float()[:, None] / 127.5 - 1); ys.append(torch.from_numpy(y.astype(np.int64)))
+        if x.ndim != 3 or x.dtype != np.uint8:
+            raise ValueError(f"{str(fi)!r} should hold (N, H, W) uint8 images, got {x.shape} {x.dtype}")
+        if y.ndim != 1 or len(y) != len(x):
+            raise ValueError(f"{str(fl)!r} should hold {len(x)} labels to match {fi.name}, got shape {y.shape}")
+        xs.append(torch.from_numpy(x).float()[:, None] / 127.5 - 1)
+        ys.append(torch.from_numpy(y.astype(np.int64)))
     x, y = torch.cat(xs), torch.cat(ys)
-    x = F.pad(x, (2, 2, 2, 2), value=-1.) if size == 32 and x.shape[-1] == 28 else _resize(x, size)
+    x = F.pad(x, (2, 2, 2, 2), value=-1.0) if size == 32 and x.shape[-1] == 28 else _resize(x, size)
     return x, y
 
 # %% ../nbs/01_data.ipynb #1aa94c45
 class _Columns(Dataset):
     "A dataset of aligned columns (tensors or lists): item i is the tuple of every column's row i."
+
     def __init__(self, *cols):
-        if len({len(c) for c in cols}) != 1: raise ValueError(f"columns have different lengths {[len(c) for c in cols]}")
+        if len({len(c) for c in cols}) != 1:
+            raise ValueError(f"columns have different lengths {[len(c) for c in cols]}")
         self.cols = cols
-    def __len__(self): return len(self.cols[0])
-    def __getitem__(self, i): return tuple(c[i] for c in self.cols)
+
+    def __len__(self):
+        return len(self.cols[0])
+
+    def __getitem__(self, i):
+        return tuple(c[i] for c in self.cols)
+
 
 def _no_size(name, size):
-    if size is not None: raise ValueError(f"{name!r} is a 2-D point set; size must be None, got {size!r}")
+    if size is not None:
+        raise ValueError(f"{name!r} is a 2-D point set; size must be None, got {size!r}")
+
 
 def _toy_data(name):
-    def load(split='train', size=None, root=None, n:int=10_000, seed:int=0):
+    def load(split='train', size=None, root=None, n: int = 10_000, seed: int = 0):
         _no_size(name, size)
         _check_choice(split, ('train', 'test'), 'split for toy data')
         g = torch.Generator().manual_seed(check_number(seed, 'seed', 0, integer=True) * 2 + (split == 'test'))
         return (toy_2d(name, n, g),)
+
     return load
+
 
 def _mnist_data(kind):
-    def load(split='train', size=None, root=None, download:bool=False, mirrors:list|None=None):
-        root = Path(root) if root is not None else cache_dir()/kind
+    def load(split='train', size=None, root=None, download: bool = False, mirrors: list | None = None):
+        root = Path(root) if root is not None else cache_dir() / kind
         return load_mnist(root, split, kind, 28 if size is None else size, download, mirrors)
+
     return load
 
-def _glyph_data(split='train', size=None, root=None, captions:bool=False, n_per_class:int=64, seed:int=0):
+
+def _glyph_data(split='train', size=None, root=None, captions: bool = False, n_per_class: int = 64, seed: int = 0):
     g = load_glyphs(split, 16 if size is None else size, n_per_class, seed)
     return (g.images, g.labels, g.captions) if captions else (g.images, g.labels)
+
 
 DATASETS = {
     'digits': lambda split='train', size=None, root=None: load_digits(split, 16 if size is None else size),
@@ -554,16 +699,17 @@ DATASETS = {
 }
 
 # %% ../nbs/01_data.ipynb #7da49ba9
-def get_dataloader(name:str, # one of `DATASETS`
-                   batch_size:int=128, # items per batch
-                   split:str='train', # 'train', 'test' (or 'all' for image sets)
-                   size:int|None=None, # image side; None for the set's default (16; 28 for MNIST); None for toys
-                   shuffle:bool=True, # reshuffle every epoch
-                   generator:torch.Generator|None=None, # randomness of the shuffling
-                   root=None, # MNIST folder (default: `cache_dir()/name`)
-                   drop_last:bool=False, # drop a last incomplete batch
-                   **kw, # options: n, seed (toys); download, mirrors (MNIST); n_per_class, seed, captions (glyphs)
-                  ) -> DataLoader:
+def get_dataloader(
+    name: str,  # one of `DATASETS`
+    batch_size: int = 128,  # items per batch
+    split: str = 'train',  # 'train', 'test' (or 'all' for image sets)
+    size: int | None = None,  # image side; None for the set's default (16; 28 for MNIST); None for toys
+    shuffle: bool = True,  # reshuffle every epoch
+    generator: torch.Generator | None = None,  # randomness of the shuffling
+    root=None,  # MNIST folder (default: `cache_dir()/name`)
+    drop_last: bool = False,  # drop a last incomplete batch
+    **kw,  # options: n, seed (toys); download, mirrors (MNIST); n_per_class, seed, captions (glyphs)
+) -> DataLoader:
     "A DataLoader over the named data set: (images, labels) batches for images, (points,) for 2-D toys."
     load = _pick(DATASETS, name, 'data set')
     options = [p for p in inspect.signature(load).parameters if p not in ('split', 'size', 'root')]

@@ -15,8 +15,20 @@ from fastprogress import progress_bar
 
 from .core import append_dims, weights_path, WEIGHTS_DIR
 from .schedules import Schedule, spaced_timesteps, _check_schedule, _desc, _is_int
-from .samplers import (Denoiser, SAMPLERS, TABLE_SETUPS, euler_step, timestep_sigmas, load_denoiser,
-                                 weights_id, _pick, _device_of, _check_model, _check_noise, _check_shape)
+from diffcourse.samplers import (
+    Denoiser,
+    SAMPLERS,
+    TABLE_SETUPS,
+    euler_step,
+    timestep_sigmas,
+    load_denoiser,
+    weights_id,
+    _pick,
+    _device_of,
+    _check_model,
+    _check_noise,
+    _check_shape,
+)
 from .metrics import FID_N
 from .training import train
 
@@ -28,203 +40,246 @@ __all__ = ['ddim_step', 'sw_to_mixture', 'fid_digits', 'DISTILL_SETUPS', 'WEIGHT
            'load_distill_table', 'stale_rows', 'plot_distill_table', 'table_value']
 
 # %% ../nbs/10_distillation.ipynb #9c80d002
-def _check_steps(steps, T:int, what:str='steps'):
+def _check_steps(steps, T: int, what: str = 'steps'):
     "Raise unless `steps` is a positive integer that divides T."
     if not _is_int(steps) or steps < 1 or T % steps:
-        raise ValueError(f"{what} must be a positive integer that divides T={T} (so that every grid lies on training "
-                         f"timesteps and halving is exact: {[T >> k for k in range(4)]}, ..., 2, 1), got {steps!r}")
+        raise ValueError(
+            f"{what} must be a positive integer that divides T={T} (so that every grid lies on training "
+            f"timesteps and halving is exact: {[T >> k for k in range(4)]}, ..., 2, 1), got {steps!r}"
+        )
 
-def distill_sigmas(schedule:Schedule, # the teacher's schedule; its T must be divisible by `steps`
-                   steps:int, # number of sampling steps N
-                  ) -> torch.Tensor: # (N+1,) noise levels: timesteps jT/N - 1 for j = N..1, then 0
+
+def distill_sigmas(
+    schedule: Schedule,  # the teacher's schedule; its T must be divisible by `steps`
+    steps: int,  # number of sampling steps N
+) -> torch.Tensor:  # (N+1,) noise levels: timesteps jT/N - 1 for j = N..1, then 0
     "The noise levels of an N-step sampler on Salimans & Ho's grid t = 1, 1 - 1/N, ..., 1/N, 0 ('trailing' timesteps)."
     _check_schedule(schedule)
     _check_steps(steps, schedule.T)
     # timesteps jT/N - 1, then 0
     return timestep_sigmas(schedule, spaced_timesteps(int(steps), schedule.T, 'trailing'))
 
-
 # %% ../nbs/10_distillation.ipynb #f4a0e053
-def _wide(x:torch.Tensor) -> torch.dtype:
+def _wide(x: torch.Tensor) -> torch.dtype:
     "float64 for the sampler's arithmetic (float32 on mps, which has no float64)."
     return torch.float32 if x.device.type == 'mps' else torch.float64
+
 
 def _in_dtype(model, dtype):
     "The denoiser called on inputs cast to `dtype` (the network's), its output cast back to the caller's dtype."
     return lambda x, sigma: model(x.to(dtype), torch.as_tensor(sigma).to(dtype)).to(x.dtype)
 
+
 # eq. (D): deterministic DDIM in sigma space is lesson 07's Euler step, x_hat + (sigma'/sigma)(x - x_hat)
 ddim_step = euler_step
 
+
 @torch.no_grad()
-def sample_steps(model:Denoiser, # the network wrapped as a denoiser (it carries the schedule)
-                 noise:torch.Tensor, # (B, ...) standard normal noise z_1
-                 steps:int, # number of DDIM steps N (each one network evaluation)
-                 progress:bool=False, # show a progress bar
-                ) -> torch.Tensor: # (B, ...) samples, in the dtype of `noise`
+def sample_steps(
+    model: Denoiser,  # the network wrapped as a denoiser (it carries the schedule)
+    noise: torch.Tensor,  # (B, ...) standard normal noise z_1
+    steps: int,  # number of DDIM steps N (each one network evaluation)
+    progress: bool = False,  # show a progress bar
+) -> torch.Tensor:  # (B, ...) samples, in the dtype of `noise`
     "Deterministic DDIM (eta = 0) in N steps on the grid of `distill_sigmas`: how teachers and students sample."
     _check_model(model)
     _check_noise(noise, model)
     wide = _wide(noise)
     sigmas = distill_sigmas(model.schedule, steps).to(noise.device, wide)
-    x = noise.to(wide) * (1 + sigmas[0] ** 2).sqrt()                               # lesson 07, eq. (S1)
+    x = noise.to(wide) * (1 + sigmas[0] ** 2).sqrt()  # lesson 07, eq. (S1)
     return SAMPLERS['ddim'](_in_dtype(model, noise.dtype), x, sigmas, progress=progress).to(noise.dtype)
 
 # %% ../nbs/10_distillation.ipynb #a5f601da
-sw_to_mixture = TABLE_SETUPS['toy']['metric']     # lesson 06's sliced Wasserstein to the Gaussian mixture, as lesson 07 uses it
-fid_digits = TABLE_SETUPS['digits']['metric']     # lesson 06's FID against the digits test set (samples clamped to [-1, 1])
+# lesson 06's sliced Wasserstein to the Gaussian mixture, as lesson 07 uses it
+sw_to_mixture = TABLE_SETUPS['toy']['metric']
+# lesson 06's FID against the digits test set (samples clamped to [-1, 1])
+fid_digits = TABLE_SETUPS['digits']['metric']
 
-DISTILL_SETUPS = {  # comparison -> the shipped teacher, the metric (lower is better), shape of one sample, samples per row
-    'toy': dict(teacher='toy_mlp_v_gaussian_mixture', metric=sw_to_mixture, shape=(2,), n=2000, label='sliced Wasserstein to the data'),
-    'digits': dict(teacher='digits_unet_v', metric=fid_digits, shape=(1, 16, 16), n=FID_N, label='FID (digits classifier)'),
+# comparison -> the shipped teacher, the metric (lower is better), shape of one sample, samples per row
+DISTILL_SETUPS = {
+    'toy': dict(
+        teacher='toy_mlp_v_gaussian_mixture',
+        metric=sw_to_mixture,
+        shape=(2,),
+        n=2000,
+        label='sliced Wasserstein to the data',
+    ),
+    'digits': dict(
+        teacher='digits_unet_v', metric=fid_digits, shape=(1, 16, 16), n=FID_N, label='FID (digits classifier)'
+    ),
 }
 
 # %% ../nbs/10_distillation.ipynb #8936bfc7
-def distill_target(x:torch.Tensor, # (B, ...) the student's input at noise level sigma
-                   x_teacher:torch.Tensor, # (B, ...) where the teacher's two steps land, at sigma_next
-                   sigma:torch.Tensor, # (B,) the noise level of x
-                   sigma_next:torch.Tensor, # (B,) the noise level one student step later (may be 0)
-                  ) -> torch.Tensor: # (B, ...) x_tilde: the x0_hat that makes one DDIM step land on x_teacher
+def distill_target(
+    x: torch.Tensor,  # (B, ...) the student's input at noise level sigma
+    x_teacher: torch.Tensor,  # (B, ...) where the teacher's two steps land, at sigma_next
+    sigma: torch.Tensor,  # (B,) the noise level of x
+    sigma_next: torch.Tensor,  # (B,) the noise level one student step later (may be 0)
+) -> torch.Tensor:  # (B, ...) x_tilde: the x0_hat that makes one DDIM step land on x_teacher
     "The target of progressive distillation (Salimans & Ho 2022, Alg. 2), in sigma space."
-    r = append_dims(sigma_next / sigma, x.ndim)                          # (B, 1, ...)
-    return (x_teacher - r * x) / (1 - r)                                 # eq. (T1)
+    r = append_dims(sigma_next / sigma, x.ndim)  # (B, 1, ...)
+    return (x_teacher - r * x) / (1 - r)  # eq. (T1)
 
-def teacher_steps2(teacher:Denoiser, # the teacher
-                   x:torch.Tensor, # (B, ...) samples at noise levels sigma
-                   sigma, sigma_mid, sigma_next, # (B,) each: the three noise levels of the two steps
-                  ) -> torch.Tensor: # (B, ...) the samples at sigma_next, in float64 (float32 on mps)
+
+def teacher_steps2(
+    teacher: Denoiser,  # the teacher
+    x: torch.Tensor,  # (B, ...) samples at noise levels sigma
+    sigma,
+    sigma_mid,
+    sigma_next,  # (B,) each: the three noise levels of the two steps
+) -> torch.Tensor:  # (B, ...) the samples at sigma_next, in float64 (float32 on mps)
     "Two deterministic DDIM steps of the teacher, sigma -> sigma_mid -> sigma_next, with one noise level per sample."
-    wide = _wide(x); D = _in_dtype(teacher, x.dtype)
+    wide = _wide(x)
+    D = _in_dtype(teacher, x.dtype)
     s, sm, sn = (append_dims(torch.as_tensor(v).to(x.device, wide), x.ndim) for v in (sigma, sigma_mid, sigma_next))
     x = x.to(wide)
-    x_mid = ddim_step(x, D(x, sigma), s, sm)                               # eq. (D)
+    x_mid = ddim_step(x, D(x, sigma), s, sm)  # eq. (D)
     return ddim_step(x_mid, D(x_mid, sigma_mid), sm, sn)
 
 # %% ../nbs/10_distillation.ipynb #1b742ce0
 WEIGHTINGS = {  # name -> w(sigma), the weight of |x - x_hat|^2 at noise level sigma (SNR = 1 / sigma^2)
-    'truncated_snr': lambda sigma: (1 / sigma ** 2).clamp(min=1.),   # max(SNR, 1): PD sec. 4, used for distillation
-    'snr_plus_one': lambda sigma: 1 + 1 / sigma ** 2,                # = the plain v-loss (PD sec. 4)
-    'snr': lambda sigma: 1 / sigma ** 2,                             # = the plain eps-loss of DDPM
+    'truncated_snr': lambda sigma: (1 / sigma**2).clamp(min=1.0),  # max(SNR, 1): PD sec. 4, used for distillation
+    'snr_plus_one': lambda sigma: 1 + 1 / sigma**2,  # = the plain v-loss (PD sec. 4)
+    'snr': lambda sigma: 1 / sigma**2,  # = the plain eps-loss of DDPM
 }
 
-def loss_weight(sigma:torch.Tensor, # (B,) noise levels
-                weighting:str='truncated_snr', # a key of WEIGHTINGS
-               ) -> torch.Tensor: # (B,) weights
+
+def loss_weight(
+    sigma: torch.Tensor,  # (B,) noise levels
+    weighting: str = 'truncated_snr',  # a key of WEIGHTINGS
+) -> torch.Tensor:  # (B,) weights
     "The weight of the squared x-error at noise level `sigma`."
     return _pick(WEIGHTINGS, weighting, 'weighting')(sigma)
 
 # %% ../nbs/10_distillation.ipynb #645b6dc5
-def check_v(model:Denoiser, # the teacher (or student) to check
-            who:str='teacher'):
+def check_v(
+    model: Denoiser,  # the teacher (or student) to check
+    who: str = 'teacher',
+):
     "Refuse a denoiser that does not predict v: the student starts as a copy of it and must predict x at SNR = 0."
     if not isinstance(model, Denoiser):
         raise TypeError(f"the {who} must be a diffcourse.samplers.Denoiser, got {type(model).__name__}")
     if model.objective != 'v':
-        raise ValueError(f"progressive distillation needs a v-prediction {who} (objective 'v'), "
-                         f"got objective {model.objective!r}: the student starts as a copy of it, and its first step "
-                         f"starts from pure noise, where an eps-network cannot say anything about x. "
-                         f"Convert it first: fine-tune it with ddpm_loss(..., objective='v') "
-                         f"(lesson 04) and wrap it as Denoiser(net, schedule, 'v').")
+        raise ValueError(
+            f"progressive distillation needs a v-prediction {who} (objective 'v'), "
+            f"got objective {model.objective!r}: the student starts as a copy of it, and its first step "
+            f"starts from pure noise, where an eps-network cannot say anything about x. "
+            f"Convert it first: fine-tune it with ddpm_loss(..., objective='v') "
+            f"(lesson 04) and wrap it as Denoiser(net, schedule, 'v')."
+        )
 
-def distill_loss(student:Denoiser, # the student (being trained): its x0_hat should be x_tilde
-                 teacher:Denoiser, # the teacher (frozen), same schedule
-                 x0:torch.Tensor, # (B, ...) a batch of data
-                 student_steps:int, # N: the student's grid has N steps, the teacher's 2N
-                 weighting:str='truncated_snr', # a key of WEIGHTINGS
-                 generator:torch.Generator|None=None, # draws the intervals and the noise (None: torch's global one)
-                ) -> torch.Tensor: # scalar loss
+
+def distill_loss(
+    student: Denoiser,  # the student (being trained): its x0_hat should be x_tilde
+    teacher: Denoiser,  # the teacher (frozen), same schedule
+    x0: torch.Tensor,  # (B, ...) a batch of data
+    student_steps: int,  # N: the student's grid has N steps, the teacher's 2N
+    weighting: str = 'truncated_snr',  # a key of WEIGHTINGS
+    generator: torch.Generator | None = None,  # draws the intervals and the noise (None: torch's global one)
+) -> torch.Tensor:  # scalar loss
     "The loss of progressive distillation (Salimans & Ho 2022, Alg. 2) for one batch."
     T = teacher.schedule.T
     if not _is_int(student_steps) or student_steps < 1 or T % (2 * student_steps):
-        raise ValueError(f"student_steps must be a positive integer N with 2N dividing T={T} (the teacher takes 2N "
-                         f"steps), got {student_steps!r}")
-    sig = distill_sigmas(teacher.schedule, 2 * student_steps).to(x0.device, x0.dtype)      # (2N+1,)
+        raise ValueError(
+            f"student_steps must be a positive integer N with 2N dividing T={T} (the teacher takes 2N "
+            f"steps), got {student_steps!r}"
+        )
+    sig = distill_sigmas(teacher.schedule, 2 * student_steps).to(x0.device, x0.dtype)  # (2N+1,)
     gdev = generator.device if generator is not None else x0.device
-    i = torch.randint(0, student_steps, (x0.shape[0],), generator=generator, device=gdev).to(x0.device)   # (B,)
-    eps = torch.randn(x0.shape, generator=generator, device=gdev, dtype=x0.dtype).to(x0.device)          # (B, ...)
-    sigma, sigma_mid, sigma_next = sig[2 * i], sig[2 * i + 1], sig[2 * i + 2]                 # (B,) each
-    x = x0 + append_dims(sigma, x0.ndim) * eps                                                # x = z_t / alpha_t
+    i = torch.randint(0, student_steps, (x0.shape[0],), generator=generator, device=gdev).to(x0.device)  # (B,)
+    eps = torch.randn(x0.shape, generator=generator, device=gdev, dtype=x0.dtype).to(x0.device)  # (B, ...)
+    sigma, sigma_mid, sigma_next = sig[2 * i], sig[2 * i + 1], sig[2 * i + 2]  # (B,) each
+    x = x0 + append_dims(sigma, x0.ndim) * eps  # x = z_t / alpha_t
     with torch.no_grad():
-        x_teacher = teacher_steps2(teacher, x, sigma, sigma_mid, sigma_next)                   # (B, ...) float64
+        x_teacher = teacher_steps2(teacher, x, sigma, sigma_mid, sigma_next)  # (B, ...) float64
         wide = x_teacher.dtype
-        x_tilde = distill_target(x.to(wide), x_teacher, sigma.to(wide), sigma_next.to(wide)).to(x0.dtype)   # eq. (T1)
-    err = (student(x, sigma) - x_tilde).pow(2).flatten(1).mean(1)                              # (B,)
-    return (loss_weight(sigma, weighting) * err).mean()                                       # PD sec. 4
+        x_tilde = distill_target(x.to(wide), x_teacher, sigma.to(wide), sigma_next.to(wide)).to(x0.dtype)  # eq. (T1)
+    err = (student(x, sigma) - x_tilde).pow(2).flatten(1).mean(1)  # (B,)
+    return (loss_weight(sigma, weighting) * err).mean()  # PD sec. 4
 
 # %% ../nbs/10_distillation.ipynb #7ed8572c
-def check_halving(teacher_steps:int, student_steps:int):
+def check_halving(teacher_steps: int, student_steps: int):
     "Refuse a student step count that is not half the teacher's: one student step replaces exactly two teacher steps."
     if not _is_int(student_steps) or teacher_steps != 2 * student_steps:
-        raise ValueError(f"a student step replaces two teacher steps, so student_steps must be teacher_steps / 2 = "
-                         f"{teacher_steps / 2:g}; got student_steps={student_steps!r} "
-                         f"for teacher_steps={teacher_steps}")
+        raise ValueError(
+            f"a student step replaces two teacher steps, so student_steps must be teacher_steps / 2 = "
+            f"{teacher_steps / 2:g}; got student_steps={student_steps!r} "
+            f"for teacher_steps={teacher_steps}"
+        )
 
-def _check_train(steps, lr, what:str='steps'):
+
+def _check_train(steps, lr, what: str = 'steps'):
     "Raise unless `steps` (optimizer steps) is an integer >= 1 and `lr` a finite number > 0."
     if not _is_int(steps) or steps < 1:
         raise ValueError(f"{what} must be an integer number of optimizer steps >= 1, got {steps!r}")
     if isinstance(lr, bool) or not isinstance(lr, numbers.Real) or not 0 < lr < math.inf:
         raise ValueError(f"lr must be a finite learning rate > 0, got {lr!r}")
 
-def distill_round(teacher:Denoiser, # the teacher (v-prediction); it is not modified
-                  dl, # batches of data: (x0,) or (x0, labels)
-                  teacher_steps:int, # 2N: the teacher's DDIM steps
-                  student_steps:int, # N = teacher_steps / 2
-                  steps:int, # optimizer steps of the round
-                  lr:float=1e-4, # peak learning rate
-                  weighting:str='truncated_snr', # a key of WEIGHTINGS
-                  **train_kw, # passed to `train` (lr_schedule, warmup, ema_decay, clip, ckpt, seed, progress, ...)
-                 ) -> tuple: # (student Denoiser, TrainState)
+
+def distill_round(
+    teacher: Denoiser,  # the teacher (v-prediction); it is not modified
+    dl,  # batches of data: (x0,) or (x0, labels)
+    teacher_steps: int,  # 2N: the teacher's DDIM steps
+    student_steps: int,  # N = teacher_steps / 2
+    steps: int,  # optimizer steps of the round
+    lr: float = 1e-4,  # peak learning rate
+    weighting: str = 'truncated_snr',  # a key of WEIGHTINGS
+    **train_kw,  # passed to `train` (lr_schedule, warmup, ema_decay, clip, ckpt, seed, progress, ...)
+) -> tuple:  # (student Denoiser, TrainState)
     "One round of progressive distillation: a copy of the teacher learns to take one DDIM step for the teacher's two."
     check_v(teacher)
     check_halving(teacher_steps, student_steps)
     _check_steps(teacher_steps, teacher.schedule.T, 'teacher_steps')
     _check_train(steps, lr)
-    _pick(WEIGHTINGS, weighting, 'weighting')                                                   # fail before training
+    _pick(WEIGHTINGS, weighting, 'weighting')  # fail before training
     frozen = Denoiser(copy.deepcopy(teacher.net).eval().requires_grad_(False), teacher.schedule, 'v')
     # the student starts as the teacher
     net = copy.deepcopy(teacher.net).requires_grad_(True)
     loss_fn = lambda m, b: distill_loss(Denoiser(m, teacher.schedule, 'v'), frozen, b[0], student_steps, weighting)
-    train_kw.setdefault('ema_decay', 0.)
+    train_kw.setdefault('ema_decay', 0.0)
     st = train(net, loss_fn, dl, steps, lr, **train_kw)
     return Denoiser((st.ema if st.ema is not None else st.model).eval(), teacher.schedule, 'v'), st
 
-
 # %% ../nbs/10_distillation.ipynb #84a7c6c5
-def _rounds(teacher_steps:int, final_steps) -> list:
+def _rounds(teacher_steps: int, final_steps) -> list:
     "The student step counts of the rounds from teacher_steps to final_steps = teacher_steps / 2^k, k >= 1."
     ok = _is_int(final_steps) and 1 <= final_steps < teacher_steps and teacher_steps % final_steps == 0
     r = teacher_steps // final_steps if ok else 0
     if not ok or r & (r - 1):
         valid = [teacher_steps >> k for k in range(1, teacher_steps.bit_length()) if not teacher_steps % (1 << k)]
-        raise ValueError(f"final_steps must be teacher_steps / 2^k for some k >= 1, one of {valid}; "
-                         f"got final_steps={final_steps!r} with teacher_steps={teacher_steps}")
+        raise ValueError(
+            f"final_steps must be teacher_steps / 2^k for some k >= 1, one of {valid}; "
+            f"got final_steps={final_steps!r} with teacher_steps={teacher_steps}"
+        )
     return [teacher_steps >> k for k in range(1, r.bit_length())]
 
-def _round_steps(steps, rounds:list, lr) -> dict:
+
+def _round_steps(steps, rounds: list, lr) -> dict:
     "Optimizer steps per round, {student_steps: n}, from an int or a dict, each checked (with `lr`) before any round."
     per = dict(steps) if isinstance(steps, dict) else {N: steps for N in rounds}
     missing, unused = [N for N in rounds if N not in per], [N for N in per if N not in rounds]
     if missing or unused:
-        raise ValueError(f"steps must give the optimizer steps of every round, keyed by its student_steps {rounds}; "
-                         f"missing {missing}, not a round {unused}")
+        raise ValueError(
+            f"steps must give the optimizer steps of every round, keyed by its student_steps {rounds}; "
+            f"missing {missing}, not a round {unused}"
+        )
     for N in rounds:
         _check_train(per[N], lr, f"steps[{N}]" if isinstance(steps, dict) else 'steps')
     return {N: per[N] for N in rounds}
 
-
 # %% ../nbs/10_distillation.ipynb #629b9b3c
-def progressive_distillation(teacher:Denoiser, # the original teacher (v-prediction)
-                             dl, # batches of data
-                             teacher_steps:int, # the teacher's DDIM steps to start from, e.g. 64
-                             final_steps:int=1, # stop when the student takes this many steps
-                             steps=500, # optimizer steps per round: an int, or a dict student_steps -> steps
-                             lr:float=1e-4, # peak learning rate of every round
-                             callback=None, # callback(student_steps, student, state) after each round, e.g. to save it
-                             **train_kw, # passed to `distill_round` (weighting) and `train` in every round
-                            ) -> dict: # student_steps -> student Denoiser
+def progressive_distillation(
+    teacher: Denoiser,  # the original teacher (v-prediction)
+    dl,  # batches of data
+    teacher_steps: int,  # the teacher's DDIM steps to start from, e.g. 64
+    final_steps: int = 1,  # stop when the student takes this many steps
+    steps=500,  # optimizer steps per round: an int, or a dict student_steps -> steps
+    lr: float = 1e-4,  # peak learning rate of every round
+    callback=None,  # callback(student_steps, student, state) after each round, e.g. to save it
+    **train_kw,  # passed to `distill_round` (weighting) and `train` in every round
+) -> dict:  # student_steps -> student Denoiser
     "Salimans & Ho's Algorithm 2: halve the number of sampling steps round after round, each student the next teacher."
-    check_v(teacher)                                                   # every argument is checked before round 1
+    check_v(teacher)  # every argument is checked before round 1
     _check_steps(teacher_steps, teacher.schedule.T, 'teacher_steps')
     per = _round_steps(steps, _rounds(teacher_steps, final_steps), lr)
     _pick(WEIGHTINGS, train_kw.get('weighting', 'truncated_snr'), 'weighting')
@@ -233,98 +288,125 @@ def progressive_distillation(teacher:Denoiser, # the original teacher (v-predict
     except TypeError as e:
         raise TypeError(f"the keyword arguments are passed to `train` in every round, and {e}") from None
     if callback is not None and not callable(callback):
-        raise TypeError(f"callback must be None or callable as callback(student_steps, student, state), "
-                        f"got {_desc(callback)}")
+        raise TypeError(
+            f"callback must be None or callable as callback(student_steps, student, state), got {_desc(callback)}"
+        )
     students = {}
-    for N, n_opt in per.items():                                       # N = teacher_steps / 2, ..., final_steps
+    for N, n_opt in per.items():  # N = teacher_steps / 2, ..., final_steps
         teacher, st = distill_round(teacher, dl, 2 * N, N, n_opt, lr, **train_kw)
         students[N] = teacher
         if callback is not None:
             callback(N, teacher, st)
     return students
 
-
 # %% ../nbs/10_distillation.ipynb #26a41203
-METHODS = {'progressive': 'pd', 'direct': 'direct'}   # distillation method -> tag in the weights' file name
+METHODS = {'progressive': 'pd', 'direct': 'direct'}  # distillation method -> tag in the weights' file name
 
-def student_name(teacher:str, # the teacher's shipped name, e.g. 'digits_unet_v'
-                 steps:int, # the student's sampling steps
-                 method:str='progressive', # a key of METHODS
-                ) -> str:
+
+def student_name(
+    teacher: str,  # the teacher's shipped name, e.g. 'digits_unet_v'
+    steps: int,  # the student's sampling steps
+    method: str = 'progressive',  # a key of METHODS
+) -> str:
     "The shipped name of a student, e.g. 'digits_unet_v_pd4'."
     if not _is_int(steps) or steps < 1:
         raise ValueError(f"steps must be the student's number of sampling steps, an integer >= 1, got {steps!r}")
     return f'{teacher}_{_pick(METHODS, method, "method")}{steps}'
 
-def load_student(teacher:str, steps:int, method:str='progressive', device='cpu') -> Denoiser:
+
+def load_student(teacher: str, steps: int, method: str = 'progressive', device='cpu') -> Denoiser:
     "A shipped student of `teacher` that samples in `steps` steps."
     return load_denoiser(student_name(teacher, steps, method), device)
 
 # %% ../nbs/10_distillation.ipynb #4702c79d
 @torch.no_grad()
-def teacher_pairs(teacher:Denoiser, # the teacher
-                  shape:tuple, # (n, ...) how many pairs, and the shape of one sample
-                  steps:int, # the teacher's DDIM steps
-                  generator:torch.Generator|None=None, # draws the noise
-                  batch_size:int=500, # sample in chunks of this size
-                  progress:bool=False):
+def teacher_pairs(
+    teacher: Denoiser,  # the teacher
+    shape: tuple,  # (n, ...) how many pairs, and the shape of one sample
+    steps: int,  # the teacher's DDIM steps
+    generator: torch.Generator | None = None,  # draws the noise
+    batch_size: int = 500,  # sample in chunks of this size
+    progress: bool = False,
+):
     "Noise and the teacher's deterministic samples from it: the training set of Luhman & Luhman (2021)."
     _check_model(teacher)
     shape = _check_shape(shape, 'shape')
     _check_steps(steps, teacher.schedule.T)
     if not _is_int(batch_size) or batch_size < 1:
         raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
-    noise = torch.randn(shape, generator=generator).to(_device_of(teacher))   # (n, ...)
+    noise = torch.randn(shape, generator=generator).to(_device_of(teacher))  # (n, ...)
     chunks = noise.split(int(batch_size))
     x = torch.cat([sample_steps(teacher, c, steps) for c in (progress_bar(chunks) if progress else chunks)])
     return noise, x
 
-def direct_loss(student:Denoiser, # the one-step student
-                noise:torch.Tensor, # (B, ...) z_1
-                x_teacher:torch.Tensor, # (B, ...) the teacher's samples from that noise
-               ) -> torch.Tensor: # scalar
-    "Luhman & Luhman's loss: the student's one DDIM step from z_1 against the teacher's sample."
-    s = distill_sigmas(student.schedule, 1)[0].to(noise.device)               # sigma_max, the first level
-    return F.mse_loss(student(noise * (1 + s ** 2).sqrt(), s), x_teacher)     # x_hat = D(z_1 sqrt(1 + s^2); s)
 
+def direct_loss(
+    student: Denoiser,  # the one-step student
+    noise: torch.Tensor,  # (B, ...) z_1
+    x_teacher: torch.Tensor,  # (B, ...) the teacher's samples from that noise
+) -> torch.Tensor:  # scalar
+    "Luhman & Luhman's loss: the student's one DDIM step from z_1 against the teacher's sample."
+    s = distill_sigmas(student.schedule, 1)[0].to(noise.device)  # sigma_max, the first level
+    return F.mse_loss(student(noise * (1 + s**2).sqrt(), s), x_teacher)  # x_hat = D(z_1 sqrt(1 + s^2); s)
 
 # %% ../nbs/10_distillation.ipynb #e405d317
-def distill_direct(teacher:Denoiser, # the teacher (v-prediction)
-                   noise:torch.Tensor, x_teacher:torch.Tensor, # pairs from `teacher_pairs`
-                   steps:int, # optimizer steps
-                   lr:float=1e-4, # peak learning rate
-                   batch_size:int=64, # pairs per batch
-                   generator:torch.Generator|None=None, # shuffles the pairs
-                   **train_kw, # passed to `train`
-                  ) -> tuple: # (one-step student Denoiser, TrainState)
+def distill_direct(
+    teacher: Denoiser,  # the teacher (v-prediction)
+    noise: torch.Tensor,
+    x_teacher: torch.Tensor,  # pairs from `teacher_pairs`
+    steps: int,  # optimizer steps
+    lr: float = 1e-4,  # peak learning rate
+    batch_size: int = 64,  # pairs per batch
+    generator: torch.Generator | None = None,  # shuffles the pairs
+    **train_kw,  # passed to `train`
+) -> tuple:  # (one-step student Denoiser, TrainState)
     "Distil the teacher into a one-step student by regression on its samples (Luhman & Luhman 2021)."
     check_v(teacher)
     _check_train(steps, lr)
     if not torch.is_tensor(noise) or not torch.is_tensor(x_teacher) or noise.shape != x_teacher.shape:
-        raise ValueError(f"noise and x_teacher must be pairs of one shape (from teacher_pairs), "
-                         f"got {_desc(noise)} and {_desc(x_teacher)}")
+        raise ValueError(
+            f"noise and x_teacher must be pairs of one shape (from teacher_pairs), "
+            f"got {_desc(noise)} and {_desc(x_teacher)}"
+        )
     if not _is_int(batch_size) or not 1 <= batch_size <= len(noise):
-        raise ValueError(f"batch_size must be an integer in [1, {len(noise)}] (the number of pairs), "
-                         f"got {batch_size!r}")
-    dl = DataLoader(TensorDataset(noise, x_teacher), batch_size=int(batch_size), shuffle=True, generator=generator,
-                    drop_last=True)
+        raise ValueError(
+            f"batch_size must be an integer in [1, {len(noise)}] (the number of pairs), got {batch_size!r}"
+        )
+    dl = DataLoader(
+        TensorDataset(noise, x_teacher), batch_size=int(batch_size), shuffle=True, generator=generator, drop_last=True
+    )
     net = copy.deepcopy(teacher.net).requires_grad_(True)
-    train_kw.setdefault('ema_decay', 0.)
+    train_kw.setdefault('ema_decay', 0.0)
     st = train(net, lambda m, b: direct_loss(Denoiser(m, teacher.schedule, 'v'), *b), dl, steps, lr, **train_kw)
     return Denoiser((st.ema if st.ema is not None else st.model).eval(), teacher.schedule, 'v'), st
 
-
 # %% ../nbs/10_distillation.ipynb #03a0cacd
-TABLE_ROWS = (('ddim', 256), ('ddim', 128), ('ddim', 64), ('ddim', 8), ('ddim', 4), ('ddim', 2), ('ddim', 1),
-              ('progressive', 8), ('progressive', 4), ('progressive', 2), ('progressive', 1), ('direct', 1))
-TABLE_PATH = WEIGHTS_DIR/'distill_table.json'    # the full table, written by tools/tables/distill.py
+TABLE_ROWS = (
+    ('ddim', 256),
+    ('ddim', 128),
+    ('ddim', 64),
+    ('ddim', 8),
+    ('ddim', 4),
+    ('ddim', 2),
+    ('ddim', 1),
+    ('progressive', 8),
+    ('progressive', 4),
+    ('progressive', 2),
+    ('progressive', 1),
+    ('direct', 1),
+)
+TABLE_PATH = WEIGHTS_DIR / 'distill_table.json'  # the full table, written by tools/tables/distill.py
+
 
 def _setup(name):
     return _pick(DISTILL_SETUPS, name, 'table')
 
-def row_name(setup:str, # a key of DISTILL_SETUPS
-             method:str, # 'ddim' (the teacher), or a key of METHODS
-             steps:int) -> str:
+
+def row_name(
+    setup: str,  # a key of DISTILL_SETUPS
+    method: str,  # 'ddim' (the teacher), or a key of METHODS
+    steps: int,
+) -> str:
     "The shipped weights one row of the table samples from: the teacher for 'ddim', else the student."
     teacher = _setup(setup)['teacher']
     if method == 'ddim':
@@ -333,11 +415,13 @@ def row_name(setup:str, # a key of DISTILL_SETUPS
         raise ValueError(f"Unknown method {method!r}; valid choices are {['ddim', *METHODS]}")
     return student_name(teacher, steps, method)
 
-def row_model(setup:str, method:str, steps:int, device='cpu') -> Denoiser:
+
+def row_model(setup: str, method: str, steps: int, device='cpu') -> Denoiser:
     "The denoiser of one row of the table (see `row_name`)."
     return load_denoiser(row_name(setup, method, steps), device)
 
-def _check_rows(setup:str, rows) -> list:
+
+def _check_rows(setup: str, rows) -> list:
     "The rows as (method, steps) pairs, each with shipped weights: checked before the first row is sampled."
     bad = [r for r in rows if not (isinstance(r, (tuple, list)) and len(r) == 2 and _is_int(r[1]) and r[1] >= 1)]
     if bad:
@@ -347,16 +431,16 @@ def _check_rows(setup:str, rows) -> list:
         weights_path(f'{row_name(setup, method, steps)}.safetensors')
     return [(m, int(s)) for m, s in rows]
 
-
 # %% ../nbs/10_distillation.ipynb #d75c169c
-def distill_table(setup:str, # a key of DISTILL_SETUPS: 'toy' or 'digits'
-                  rows=TABLE_ROWS, # (method, steps) pairs
-                  seed:int=0, # every row starts from the noise of this seed (common random numbers)
-                  n:int|None=None, # samples per row (default: the setup's, 2000 points or FID_N = 500 digits)
-                  batch_size:int=500, # sample in chunks of this size
-                  device='cpu',
-                  progress:bool=True,
-                 ) -> list: # one dict(method, steps, value, seconds, weights) per row
+def distill_table(
+    setup: str,  # a key of DISTILL_SETUPS: 'toy' or 'digits'
+    rows=TABLE_ROWS,  # (method, steps) pairs
+    seed: int = 0,  # every row starts from the noise of this seed (common random numbers)
+    n: int | None = None,  # samples per row (default: the setup's, 2000 points or FID_N = 500 digits)
+    batch_size: int = 500,  # sample in chunks of this size
+    device='cpu',
+    progress: bool = True,
+) -> list:  # one dict(method, steps, value, seconds, weights) per row
     "Sample quality of the teacher's DDIM and of the distilled students at each number of steps, from the same noise."
     cmp = _setup(setup)
     rows = _check_rows(setup, rows)
@@ -367,32 +451,50 @@ def distill_table(setup:str, # a key of DISTILL_SETUPS: 'toy' or 'digits'
     metric, n = cmp['metric'](), n or cmp['n']
     noise = torch.randn((n, *cmp['shape']), generator=torch.Generator().manual_seed(seed)).to(device)
     out = []
-    for method, steps in (progress_bar(rows) if progress else rows):
+    for method, steps in progress_bar(rows) if progress else rows:
         model = row_model(setup, method, steps, device)
         t0 = time.perf_counter()
         x = torch.cat([sample_steps(model, c, steps) for c in noise.split(int(batch_size))])
-        out.append(dict(method=method, steps=steps, value=float(metric(x)), seconds=round(time.perf_counter() - t0, 2),
-                        weights=weights_id(row_name(setup, method, steps))))
+        out.append(
+            dict(
+                method=method,
+                steps=steps,
+                value=float(metric(x)),
+                seconds=round(time.perf_counter() - t0, 2),
+                weights=weights_id(row_name(setup, method, steps)),
+            )
+        )
     return out
+
 
 def load_distill_table(path=None) -> dict:
     "The shipped table of lesson 10 (written by tools/tables/distill.py)."
     path = Path(path) if path is not None else TABLE_PATH
     if not path.is_file():
-        raise FileNotFoundError(f"No distillation table at {str(path)!r}; "
-                                f"compute it with: python tools/tables/distill.py")
+        raise FileNotFoundError(
+            f"No distillation table at {str(path)!r}; compute it with: python tools/tables/distill.py"
+        )
     return json.loads(path.read_text())
 
-
 # %% ../nbs/10_distillation.ipynb #0ac6cf4f
-def stale_rows(table:dict, # a table from `load_distill_table`
-              ) -> list: # (setup, method, steps) of every row whose weights changed since it was computed
+def stale_rows(
+    table: dict,  # a table from `load_distill_table`
+) -> list:  # (setup, method, steps) of every row whose weights changed since it was computed
     "Rows of a shipped table that no longer describe the shipped weights (recorded sha256 different, or missing)."
-    return [(name, r['method'], r['steps']) for name, t in table['tables'].items() for r in t['rows']
-            if r.get('weights') != weights_id(row_name(name, r['method'], r['steps']))]
+    return [
+        (name, r['method'], r['steps'])
+        for name, t in table['tables'].items()
+        for r in t['rows']
+        if r.get('weights') != weights_id(row_name(name, r['method'], r['steps']))
+    ]
 
-def plot_distill_table(rows:list, # rows from `distill_table`
-                       ax=None, title:str|None=None, ylabel:str='value'):
+
+def plot_distill_table(
+    rows: list,  # rows from `distill_table`
+    ax=None,
+    title: str | None = None,
+    ylabel: str = 'value',
+):
     "Quality against sampling steps: DDIM with the teacher, and each distillation method."
     if ax is None:
         _, ax = plt.subplots(figsize=(5.5, 3.5))
@@ -407,10 +509,10 @@ def plot_distill_table(rows:list, # rows from `distill_table`
     ax.legend(fontsize=8)
     return ax
 
-def table_value(rows:list, method:str, steps:int) -> float:
+
+def table_value(rows: list, method: str, steps: int) -> float:
     "The value of row (method, steps)."
     v = [r['value'] for r in rows if r['method'] == method and r['steps'] == steps]
     if not v:
         raise KeyError(f"no row ({method!r}, {steps}) in the table; rows: {[(r['method'], r['steps']) for r in rows]}")
     return v[0]
-

@@ -23,13 +23,14 @@ def normal_kl(mean1, logvar1, mean2, logvar2) -> torch.Tensor:
     mean1, logvar1, mean2, logvar2 = [torch.as_tensor(v) for v in (mean1, logvar1, mean2, logvar2)]
     return 0.5 * (logvar2 - logvar1 + torch.exp(logvar1 - logvar2) + (mean1 - mean2) ** 2 * torch.exp(-logvar2) - 1)
 
+
 def normal_log_prob(x, mean, logvar) -> torch.Tensor:
     "log N(x; mean, exp(logvar)) elementwise, in nats; arguments broadcast."
     x, mean, logvar = [torch.as_tensor(v) for v in (x, mean, logvar)]
     return -0.5 * (math.log(2 * math.pi) + logvar + (x - mean) ** 2 * torch.exp(-logvar))
 
 # %% ../nbs/03_elbo.ipynb #2c1411c6
-def _tables(schedule:Schedule, dtype, device, what:str='x0'):
+def _tables(schedule: Schedule, dtype, device, what: str = 'x0'):
     "betas and abar recomputed from the betas in float64, then cast to `dtype` (that of the tensor `what`) on `device`."
     _check_schedule(schedule)
     if not dtype.is_floating_point:
@@ -37,7 +38,8 @@ def _tables(schedule:Schedule, dtype, device, what:str='x0'):
     b = schedule.betas.double().cpu()
     return b.to(device=device, dtype=dtype), torch.cumprod(1 - b, 0).to(device=device, dtype=dtype)
 
-def _timesteps(t, T:int, B:int, device, name:str='t', lo:int=0) -> torch.Tensor:
+
+def _timesteps(t, T: int, B: int, device, name: str = 't', lo: int = 0) -> torch.Tensor:
     "`t` as a (B,) LongTensor in [lo, T-1], with a clear error when it does not fit the batch or the schedule."
     t = torch.as_tensor(t, device=device)
     if t.is_floating_point() or t.is_complex() or t.dtype == torch.bool:
@@ -47,11 +49,14 @@ def _timesteps(t, T:int, B:int, device, name:str='t', lo:int=0) -> torch.Tensor:
     if t.shape != (B,):
         raise ValueError(f"timesteps {name} must have shape ({B},) to match the batch, got {tuple(t.shape)}")
     if len(t) and (t.min() < lo or t.max() >= T):
-        raise ValueError(f"timesteps {name} must lie in [{lo}, {T-1}] for this schedule of T={T} steps, "
-                         f"got values in [{t.min().item()}, {t.max().item()}]")
+        raise ValueError(
+            f"timesteps {name} must lie in [{lo}, {T - 1}] for this schedule of T={T} steps, "
+            f"got values in [{t.min().item()}, {t.max().item()}]"
+        )
     return t.long()
 
-def _step_tables(t, schedule, x, t_prev=None, what:str='x_t'):
+
+def _step_tables(t, schedule, x, t_prev=None, what: str = 'x_t'):
     "abar_t, abar_prev and the effective beta_t = 1 - abar_t / abar_prev, each (B,) in x's dtype."
     betas, abar = _tables(schedule, x.dtype, x.device, what)
     t = _timesteps(t, len(abar), len(x), x.device)
@@ -63,46 +68,54 @@ def _step_tables(t, schedule, x, t_prev=None, what:str='x_t'):
     a_prev = torch.where(t_prev >= 0, abar[t_prev.clamp(min=0)], torch.ones_like(a_t))
     return a_t, a_prev, 1 - a_t / a_prev
 
-
 # %% ../nbs/03_elbo.ipynb #5cfea696
-def _same_shape(a:torch.Tensor, b:torch.Tensor, na:str, nb:str):
+def _same_shape(a: torch.Tensor, b: torch.Tensor, na: str, nb: str):
     "Raise unless `a` and `b` are floating-point tensors of the same shape."
     _check_data(a, na)
     _check_data(b, nb)
     if a.shape != b.shape:
         raise ValueError(f"{na} and {nb} must have the same shape, got {tuple(a.shape)} and {tuple(b.shape)}")
 
-def posterior_mean_var(x0:torch.Tensor, # (B, ...) clean sample (or its prediction x0_hat)
-                       x_t:torch.Tensor, # (B, ...) noisy sample at step t
-                       t, # (B,) integer timesteps in [0, T-1]
-                       schedule:Schedule, # the variance schedule
-                       t_prev=None, # (B,) the earlier step (default t - 1; -1 means x_0 itself), for spaced sampling
-                      ) -> tuple[torch.Tensor, torch.Tensor]: # mean (B, ...), variance (B, 1, ...) of the posterior
+
+def posterior_mean_var(
+    x0: torch.Tensor,  # (B, ...) clean sample (or its prediction x0_hat)
+    x_t: torch.Tensor,  # (B, ...) noisy sample at step t
+    t,  # (B,) integer timesteps in [0, T-1]
+    schedule: Schedule,  # the variance schedule
+    t_prev=None,  # (B,) the earlier step (default t - 1; -1 means x_0 itself), for spaced sampling
+) -> tuple[torch.Tensor, torch.Tensor]:  # mean (B, ...), variance (B, 1, ...) of the posterior
     "Mean and variance of the Gaussian posterior q(x_{t-1} | x_t, x_0) (DDPM eqs. 6-7)."
     _same_shape(x0, x_t, 'x0', 'x_t')
     a_t, a_prev, beta = _step_tables(t, schedule, x_t, t_prev)
-    c0 = append_dims(a_prev.sqrt() * beta / (1 - a_t), x_t.ndim)                     # eq. (7), coefficient of x0
-    ct = append_dims((1 - beta).sqrt() * (1 - a_prev) / (1 - a_t), x_t.ndim)          # eq. (7), coefficient of x_t
-    var = append_dims((1 - a_prev) / (1 - a_t) * beta, x_t.ndim)                      # eq. (7), beta-tilde
+    c0 = append_dims(a_prev.sqrt() * beta / (1 - a_t), x_t.ndim)  # eq. (7), coefficient of x0
+    ct = append_dims((1 - beta).sqrt() * (1 - a_prev) / (1 - a_t), x_t.ndim)  # eq. (7), coefficient of x_t
+    var = append_dims((1 - a_prev) / (1 - a_t) * beta, x_t.ndim)  # eq. (7), beta-tilde
     return c0 * x0 + ct * x_t, var
 
-
 # %% ../nbs/03_elbo.ipynb #73a1e0b9
-def _fixed_small(a_t, a_prev, beta): return (1 - a_prev) / (1 - a_t) * beta   # beta-tilde, the posterior variance
-def _fixed_large(a_t, a_prev, beta): return beta                              # beta_t, the forward variance
+def _fixed_small(a_t, a_prev, beta):
+    return (1 - a_prev) / (1 - a_t) * beta  # beta-tilde, the posterior variance
+
+
+def _fixed_large(a_t, a_prev, beta):
+    return beta  # beta_t, the forward variance
+
 
 VARIANCES = dict(fixed_small=_fixed_small, fixed_large=_fixed_large)
+
 
 def _check_variance(variance_type):
     if not isinstance(variance_type, str) or variance_type not in VARIANCES:
         raise ValueError(f"Unknown variance_type {variance_type!r}; known: {sorted(VARIANCES)}")
 
-def reverse_variance(t, # (B,) integer timesteps
-                     schedule:Schedule, # the variance schedule
-                     variance_type:str='fixed_small', # one of VARIANCES, 'fixed_small' (beta-tilde), 'fixed_large'
-                     x:torch.Tensor|None=None, # optional (B, ...) tensor whose dtype, device and rank the result takes
-                     t_prev=None, # (B,) the earlier step, for spaced sampling
-                    ) -> torch.Tensor: # (B,) float64 variances, or (B, 1, ...) like `x` when it is given
+
+def reverse_variance(
+    t,  # (B,) integer timesteps
+    schedule: Schedule,  # the variance schedule
+    variance_type: str = 'fixed_small',  # one of VARIANCES, 'fixed_small' (beta-tilde), 'fixed_large'
+    x: torch.Tensor | None = None,  # optional (B, ...) tensor whose dtype, device and rank the result takes
+    t_prev=None,  # (B,) the earlier step, for spaced sampling
+) -> torch.Tensor:  # (B,) float64 variances, or (B, 1, ...) like `x` when it is given
     "The fixed variance sigma_t^2 of the reverse step p(x_{t-1} | x_t) (DDPM §3.2)."
     _check_variance(variance_type)
     ref = x if x is not None else torch.zeros(max(torch.as_tensor(t).numel(), 1), dtype=torch.float64)
@@ -110,115 +123,148 @@ def reverse_variance(t, # (B,) integer timesteps
     return append_dims(var, ref.ndim) if x is not None else var
 
 # %% ../nbs/03_elbo.ipynb #022de59b
-def _per_sample(a, x:torch.Tensor, what:str='abar_t') -> torch.Tensor:
+def _per_sample(a, x: torch.Tensor, what: str = 'abar_t') -> torch.Tensor:
     "A per-sample alpha-bar `a` ((B,) tensor, 0-d tensor or float) in x's dtype and device, shaped to broadcast on x."
     a = torch.as_tensor(a, device=x.device)
-    if not ((a > 0) & (a <= 1)).all():                                     # NaN fails this too
-        raise ValueError(f"{what} must lie in (0, 1]: the alpha-bar of each sample's timestep (schedule.abar[t], "
-                         f"not t), "
-                         f"got values in [{a.min().item()}, {a.max().item()}]")
+    if not ((a > 0) & (a <= 1)).all():  # NaN fails this too
+        raise ValueError(
+            f"{what} must lie in (0, 1]: the alpha-bar of each sample's timestep (schedule.abar[t], "
+            f"not t), "
+            f"got values in [{a.min().item()}, {a.max().item()}]"
+        )
     a = a.to(x.dtype)
     if a.ndim == 0:
         return a
     if a.ndim != 1 or len(a) != len(x):
-        raise ValueError(f"{what} must be a (B,) tensor with B={len(x)} (one value per sample) or a scalar, "
-                         f"got shape {tuple(a.shape)}")
+        raise ValueError(
+            f"{what} must be a (B,) tensor with B={len(x)} (one value per sample) or a scalar, "
+            f"got shape {tuple(a.shape)}"
+        )
     return append_dims(a, x.ndim)
 
-def x0_from_eps(x_t:torch.Tensor, # (B, ...) noisy sample
-                eps:torch.Tensor, # (B, ...) noise (or its prediction)
-                abar_t, # (B,) alpha-bar of each sample's timestep
-               ) -> torch.Tensor: # (B, ...) x0 = (x_t - sqrt(1 - abar) eps) / sqrt(abar)
+
+def x0_from_eps(
+    x_t: torch.Tensor,  # (B, ...) noisy sample
+    eps: torch.Tensor,  # (B, ...) noise (or its prediction)
+    abar_t,  # (B,) alpha-bar of each sample's timestep
+) -> torch.Tensor:  # (B, ...) x0 = (x_t - sqrt(1 - abar) eps) / sqrt(abar)
     "The clean sample implied by x_t and eps (DDPM eq. 15)."
-    _same_shape(x_t, eps, 'x_t', 'eps'); a = _per_sample(abar_t, x_t)
+    _same_shape(x_t, eps, 'x_t', 'eps')
+    a = _per_sample(abar_t, x_t)
     return (x_t - (1 - a).sqrt() * eps) / a.sqrt()
 
-def eps_from_x0(x_t:torch.Tensor, # (B, ...) noisy sample
-                x0:torch.Tensor, # (B, ...) clean sample (or its prediction)
-                abar_t, # (B,) alpha-bar of each sample's timestep
-               ) -> torch.Tensor: # (B, ...) eps = (x_t - sqrt(abar) x0) / sqrt(1 - abar)
+
+def eps_from_x0(
+    x_t: torch.Tensor,  # (B, ...) noisy sample
+    x0: torch.Tensor,  # (B, ...) clean sample (or its prediction)
+    abar_t,  # (B,) alpha-bar of each sample's timestep
+) -> torch.Tensor:  # (B, ...) eps = (x_t - sqrt(abar) x0) / sqrt(1 - abar)
     "The noise implied by x_t and x0."
-    _same_shape(x_t, x0, 'x_t', 'x0'); a = _per_sample(abar_t, x_t)
+    _same_shape(x_t, x0, 'x_t', 'x0')
+    a = _per_sample(abar_t, x_t)
     return (x_t - a.sqrt() * x0) / (1 - a).sqrt()
 
-def v_from_x0_eps(x0:torch.Tensor, # (B, ...) clean sample
-                  eps:torch.Tensor, # (B, ...) noise
-                  abar_t, # (B,) alpha-bar of each sample's timestep
-                 ) -> torch.Tensor: # (B, ...) v = sqrt(abar) eps - sqrt(1 - abar) x0
+
+def v_from_x0_eps(
+    x0: torch.Tensor,  # (B, ...) clean sample
+    eps: torch.Tensor,  # (B, ...) noise
+    abar_t,  # (B,) alpha-bar of each sample's timestep
+) -> torch.Tensor:  # (B, ...) v = sqrt(abar) eps - sqrt(1 - abar) x0
     "The v target of Salimans & Ho (2022), §4 (diffusers: `get_velocity`)."
-    _same_shape(x0, eps, 'x0', 'eps'); a = _per_sample(abar_t, x0)
+    _same_shape(x0, eps, 'x0', 'eps')
+    a = _per_sample(abar_t, x0)
     return a.sqrt() * eps - (1 - a).sqrt() * x0
 
-
 # %% ../nbs/03_elbo.ipynb #cba31a5c
-def x0_from_v(x_t:torch.Tensor, v:torch.Tensor, abar_t) -> torch.Tensor:
+def x0_from_v(x_t: torch.Tensor, v: torch.Tensor, abar_t) -> torch.Tensor:
     "x0 = sqrt(abar) x_t - sqrt(1 - abar) v."
-    _same_shape(x_t, v, 'x_t', 'v'); a = _per_sample(abar_t, x_t)
+    _same_shape(x_t, v, 'x_t', 'v')
+    a = _per_sample(abar_t, x_t)
     return a.sqrt() * x_t - (1 - a).sqrt() * v
 
-def eps_from_v(x_t:torch.Tensor, v:torch.Tensor, abar_t) -> torch.Tensor:
+
+def eps_from_v(x_t: torch.Tensor, v: torch.Tensor, abar_t) -> torch.Tensor:
     "eps = sqrt(1 - abar) x_t + sqrt(abar) v."
-    _same_shape(x_t, v, 'x_t', 'v'); a = _per_sample(abar_t, x_t)
+    _same_shape(x_t, v, 'x_t', 'v')
+    a = _per_sample(abar_t, x_t)
     return (1 - a).sqrt() * x_t + a.sqrt() * v
 
-def score_from_eps(eps:torch.Tensor, abar_t) -> torch.Tensor:
+
+def score_from_eps(eps: torch.Tensor, abar_t) -> torch.Tensor:
     "The score of q_t: grad log q_t(x_t) = -E[eps | x_t] / sqrt(1 - abar) (Tweedie)."
     return -eps / (1 - _per_sample(abar_t, eps)).sqrt()
 
-def eps_from_score(score:torch.Tensor, abar_t) -> torch.Tensor:
+
+def eps_from_score(score: torch.Tensor, abar_t) -> torch.Tensor:
     "eps = -sqrt(1 - abar) * score, the inverse of `score_from_eps`."
     return -(1 - _per_sample(abar_t, score)).sqrt() * score
 
-
 # %% ../nbs/03_elbo.ipynb #1c528ee4
-def _x0_eps_from_eps(x_t, out, abar_t): return x0_from_eps(x_t, out, abar_t), out
-def _x0_eps_from_x0(x_t, out, abar_t): return out, eps_from_x0(x_t, out, abar_t)
-def _x0_eps_from_v(x_t, out, abar_t): return x0_from_v(x_t, out, abar_t), eps_from_v(x_t, out, abar_t)
+def _x0_eps_from_eps(x_t, out, abar_t):
+    return x0_from_eps(x_t, out, abar_t), out
+
+
+def _x0_eps_from_x0(x_t, out, abar_t):
+    return out, eps_from_x0(x_t, out, abar_t)
+
+
+def _x0_eps_from_v(x_t, out, abar_t):
+    return x0_from_v(x_t, out, abar_t), eps_from_v(x_t, out, abar_t)
+
 
 PREDICTIONS = dict(eps=_x0_eps_from_eps, x0=_x0_eps_from_x0, v=_x0_eps_from_v)
+
 
 def _check_prediction(prediction):
     if not isinstance(prediction, str) or prediction not in PREDICTIONS:
         raise ValueError(f"Unknown prediction {prediction!r}; known: {sorted(PREDICTIONS)}")
 
-def to_x0_eps(out:torch.Tensor, # (B, ...) the model's output
-              x_t:torch.Tensor, # (B, ...) the model's input
-              abar_t, # (B,) alpha-bar of each sample's timestep
-              prediction:str='eps', # what the model predicts: one of PREDICTIONS ('eps', 'x0', 'v')
-             ) -> tuple[torch.Tensor, torch.Tensor]: # (x0_hat, eps_hat)
+
+def to_x0_eps(
+    out: torch.Tensor,  # (B, ...) the model's output
+    x_t: torch.Tensor,  # (B, ...) the model's input
+    abar_t,  # (B,) alpha-bar of each sample's timestep
+    prediction: str = 'eps',  # what the model predicts: one of PREDICTIONS ('eps', 'x0', 'v')
+) -> tuple[torch.Tensor, torch.Tensor]:  # (x0_hat, eps_hat)
     "Both x0_hat and eps_hat from a model output of any parameterization."
     _check_prediction(prediction)
     _same_shape(x_t, out, 'x_t', 'model output')
     return PREDICTIONS[prediction](x_t, out, abar_t)
 
 # %% ../nbs/03_elbo.ipynb #504998a9
-def optimal_eps_model(mix, # the data distribution: a `diffcourse.data.GaussianMixture` (a Gaussian is K = 1)
-                      abar:torch.Tensor, # (T,) the schedule's alpha-bar table
-                     ): # model(x_t, t) -> eps_hat, the exact E[eps | x_t]
+def optimal_eps_model(
+    mix,  # the data distribution: a `diffcourse.data.GaussianMixture` (a Gaussian is K = 1)
+    abar: torch.Tensor,  # (T,) the schedule's alpha-bar table
+):  # model(x_t, t) -> eps_hat, the exact E[eps | x_t]
     "The optimal eps-prediction model for data from a Gaussian mixture: -sqrt(1 - abar) times the score of q_t."
     if not callable(getattr(mix, 'noised', None)):
-        raise TypeError(f"mix must be a diffcourse.data.GaussianMixture (it needs `noised` and `score`), "
-                        f"got {_desc(mix)}")
+        raise TypeError(
+            f"mix must be a diffcourse.data.GaussianMixture (it needs `noised` and `score`), got {_desc(mix)}"
+        )
     _check_1d(abar, 'abar')
     abar64 = abar.double().cpu()
-    def model(x_t:torch.Tensor, # (B, D) noisy samples
-              t:torch.Tensor, # (B,) integer timesteps
-             ) -> torch.Tensor: # (B, D) E[eps | x_t] in x_t's dtype
+
+    def model(
+        x_t: torch.Tensor,  # (B, D) noisy samples
+        t: torch.Tensor,  # (B,) integer timesteps
+    ) -> torch.Tensor:  # (B, D) E[eps | x_t] in x_t's dtype
         t = _timesteps(t, len(abar64), len(x_t), 'cpu')
         out = torch.empty_like(x_t, dtype=torch.float64)
-        for tv in t.unique().tolist():                                # one noised mixture per distinct timestep
+        for tv in t.unique().tolist():  # one noised mixture per distinct timestep
             sel = (t == tv).to(x_t.device)
             a = abar64[tv].item()
-            q_t = mix.noised(math.sqrt(a), math.sqrt(1 - a))          # x_t's exact distribution
-            out[sel] = -math.sqrt(1 - a) * q_t.score(x_t[sel].double())   # Tweedie: E[eps | x_t] = -sqrt(1-abar) score
+            q_t = mix.noised(math.sqrt(a), math.sqrt(1 - a))  # x_t's exact distribution
+            out[sel] = -math.sqrt(1 - a) * q_t.score(x_t[sel].double())  # Tweedie: E[eps | x_t] = -sqrt(1-abar) score
         return out.to(x_t.dtype)
+
     return model
 
 # %% ../nbs/03_elbo.ipynb #1a4660f2
-def vlb_weight(t, # (B,) integer timesteps, >= 1 (code index)
-               schedule:Schedule, # the variance schedule
-               variance_type:str='fixed_large', # the reverse variance, one of VARIANCES
-              ) -> torch.Tensor: # (B,) w_t, float64
+def vlb_weight(
+    t,  # (B,) integer timesteps, >= 1 (code index)
+    schedule: Schedule,  # the variance schedule
+    variance_type: str = 'fixed_large',  # the reverse variance, one of VARIANCES
+) -> torch.Tensor:  # (B,) w_t, float64
     "w_t (DDPM eq. 12's lambda_t): the denoising KL term is w_t ||eps - eps_hat||^2 + a constant."
     _check_variance(variance_type)
     ref = torch.zeros(max(torch.as_tensor(t).numel(), 1), dtype=torch.float64)
@@ -226,31 +272,35 @@ def vlb_weight(t, # (B,) integer timesteps, >= 1 (code index)
     if (a_prev == 1).any():
         raise ValueError("vlb_weight: t = 0 is the reconstruction term, which has no eps weight; use t >= 1")
     var = VARIANCES[variance_type](a_t, a_prev, beta)
-    return beta ** 2 / (2 * var * (1 - beta) * (1 - a_t))                          # eq. (12)
+    return beta**2 / (2 * var * (1 - beta) * (1 - a_t))  # eq. (12)
 
 # %% ../nbs/03_elbo.ipynb #0c403f08
-def decoder_variance(schedule:Schedule) -> float:
+def decoder_variance(schedule: Schedule) -> float:
     "sigma_dec^2 = (1 - abar_1) / abar_1 of the Gaussian reconstruction term p(x0 | x1) (float64)."
     _check_schedule(schedule)
     a0 = torch.cumprod(1 - schedule.betas.double(), 0)[0].item()
     return (1 - a0) / a0
 
-def prior_kl(x0:torch.Tensor, # (B, ...) data
-             schedule:Schedule, # the variance schedule
-            ) -> torch.Tensor: # (B,) KL(q(x_T | x0) || N(0, I)) in nats
+
+def prior_kl(
+    x0: torch.Tensor,  # (B, ...) data
+    schedule: Schedule,  # the variance schedule
+) -> torch.Tensor:  # (B,) KL(q(x_T | x0) || N(0, I)) in nats
     "The prior-matching term L_T, exact."
     _check_data(x0, 'x0')
     aT = _tables(schedule, x0.dtype, x0.device)[1][-1]
-    return normal_kl(aT.sqrt() * x0, torch.log1p(-aT), 0., 0.).flatten(1).sum(1)
+    return normal_kl(aT.sqrt() * x0, torch.log1p(-aT), 0.0, 0.0).flatten(1).sum(1)
 
-def vlb_term(x0:torch.Tensor, # (B, ...) data
-             x_t:torch.Tensor, # (B, ...) x_t ~ q(x_t | x0)
-             t, # (B,) integer timesteps (code index)
-             out:torch.Tensor, # (B, ...) the model's output at (x_t, t)
-             schedule:Schedule, # the variance schedule
-             variance_type:str='fixed_large', # the reverse variance, one of VARIANCES
-             prediction:str='eps', # what the model predicts, one of PREDICTIONS
-            ) -> torch.Tensor: # (B,) the term in nats: -log p(x0 | x1) at t = 0, the denoising KL at t >= 1
+
+def vlb_term(
+    x0: torch.Tensor,  # (B, ...) data
+    x_t: torch.Tensor,  # (B, ...) x_t ~ q(x_t | x0)
+    t,  # (B,) integer timesteps (code index)
+    out: torch.Tensor,  # (B, ...) the model's output at (x_t, t)
+    schedule: Schedule,  # the variance schedule
+    variance_type: str = 'fixed_large',  # the reverse variance, one of VARIANCES
+    prediction: str = 'eps',  # what the model predicts, one of PREDICTIONS
+) -> torch.Tensor:  # (B,) the term in nats: -log p(x0 | x1) at t = 0, the denoising KL at t >= 1
     "One term of the negative ELBO per sample: reconstruction at t = 0, denoising matching at t >= 1."
     _same_shape(x0, x_t, 'x0', 'x_t')
     _, abar = _tables(schedule, x0.dtype, x0.device)
@@ -260,20 +310,20 @@ def vlb_term(x0:torch.Tensor, # (B, ...) data
     m_hat, _ = posterior_mean_var(x0_hat, x_t, t, schedule)
     s2 = reverse_variance(t, schedule, variance_type, x=x0)
     first = append_dims(t == 0, x0.ndim)
-    kl = normal_kl(m, torch.log(v.clamp(min=1e-300)), m_hat, torch.log(s2))                            # L_{t-1}, t >= 1
-    rec = -normal_log_prob(x0, x0_hat, math.log(decoder_variance(schedule)))                            # L_0
+    kl = normal_kl(m, torch.log(v.clamp(min=1e-300)), m_hat, torch.log(s2))  # L_{t-1}, t >= 1
+    rec = -normal_log_prob(x0, x0_hat, math.log(decoder_variance(schedule)))  # L_0
     return torch.where(first, rec, kl).flatten(1).sum(1)
 
-
 # %% ../nbs/03_elbo.ipynb #5a0be44a
-def vlb_terms(model, # model(x_t, t) -> prediction
-              x0:torch.Tensor, # (B, ...) data points
-              schedule:Schedule, # the variance schedule the model was trained with
-              variance_type:str='fixed_large', # the reverse variance, one of VARIANCES
-              prediction:str='eps', # what the model predicts, one of PREDICTIONS
-              generator:torch.Generator|None=None, # randomness for the x_t draws
-              progress:bool=False, # show a progress bar over the T steps
-             ) -> dict: # prior (B,), terms (B, T) and control variates cv (B, T), all in nats
+def vlb_terms(
+    model,  # model(x_t, t) -> prediction
+    x0: torch.Tensor,  # (B, ...) data points
+    schedule: Schedule,  # the variance schedule the model was trained with
+    variance_type: str = 'fixed_large',  # the reverse variance, one of VARIANCES
+    prediction: str = 'eps',  # what the model predicts, one of PREDICTIONS
+    generator: torch.Generator | None = None,  # randomness for the x_t draws
+    progress: bool = False,  # show a progress bar over the T steps
+) -> dict:  # prior (B,), terms (B, T) and control variates cv (B, T), all in nats
     "Every term of the negative ELBO of `model` at `x0`, one x_t draw per step, plus control variates."
     if not callable(model):
         raise TypeError(f"model must be callable as model(x_t, t), got {_desc(model)}")
@@ -294,36 +344,38 @@ def vlb_terms(model, # model(x_t, t) -> prediction
             got = f"shape {tuple(out.shape)}" if torch.is_tensor(out) else _desc(out)
             raise ValueError(f"the model returned {got}, expected a tensor of the shape of x0 {tuple(x0.shape)}")
         terms[:, t] = vlb_term(x0, x_t, tt, out, schedule, variance_type, prediction)
-        cv[:, t] = eps.flatten(1).pow(2).sum(1) - D                                   # mean exactly 0
+        cv[:, t] = eps.flatten(1).pow(2).sum(1) - D  # mean exactly 0
     return dict(prior=prior_kl(x0, schedule), terms=terms, cv=cv)
 
-
 # %% ../nbs/03_elbo.ipynb #3f239cea
-def nelbo(vlb:dict, # the output of `vlb_terms`
-          schedule:Schedule|None=None, # if given, checked to have as many steps as the terms
-          control_variate:bool=True, # subtract the fitted control variate (needs B > 1)
-         ) -> torch.Tensor: # (B,) -ELBO per data point, in nats
+def nelbo(
+    vlb: dict,  # the output of `vlb_terms`
+    schedule: Schedule | None = None,  # if given, checked to have as many steps as the terms
+    control_variate: bool = True,  # subtract the fitted control variate (needs B > 1)
+) -> torch.Tensor:  # (B,) -ELBO per data point, in nats
     "The negative ELBO per data point: prior + sum of the terms, optionally with the control variate."
     if not isinstance(vlb, dict) or not {'prior', 'terms', 'cv'} <= set(vlb):
         got = f"a dict with keys {sorted(vlb)}" if isinstance(vlb, dict) else _desc(vlb)
         raise TypeError(f"vlb must be the dict vlb_terms returns, with keys 'prior', 'terms' and 'cv'; got {got}")
     terms, cv, prior = vlb['terms'], vlb['cv'], vlb['prior']
     if terms.shape != cv.shape or terms.shape[0] != prior.shape[0]:
-        raise ValueError(f"inconsistent vlb: terms {tuple(terms.shape)}, cv {tuple(cv.shape)}, "
-                         f"prior {tuple(prior.shape)}")
+        raise ValueError(
+            f"inconsistent vlb: terms {tuple(terms.shape)}, cv {tuple(cv.shape)}, prior {tuple(prior.shape)}"
+        )
     if schedule is not None and terms.shape[1] != schedule.T:
         raise ValueError(f"the terms cover T={terms.shape[1]} steps but the schedule has T={schedule.T}")
     if control_variate and len(terms) > 1:
         tc, cc = terms - terms.mean(0), cv - cv.mean(0)
-        c = (tc * cc).sum(0) / (cc * cc).sum(0).clamp(min=1e-300)                   # least-squares coefficient per t
+        c = (tc * cc).sum(0) / (cc * cc).sum(0).clamp(min=1e-300)  # least-squares coefficient per t
         terms = terms - c * cv
     return prior + terms.sum(1)
 
-def bits_per_dim(nats:torch.Tensor, # per-sample value in nats (e.g. `nelbo(...)` or -log p)
-                 dims:int, # number of dimensions of one data point
-                ) -> torch.Tensor:
+
+def bits_per_dim(
+    nats: torch.Tensor,  # per-sample value in nats (e.g. `nelbo(...)` or -log p)
+    dims: int,  # number of dimensions of one data point
+) -> torch.Tensor:
     "Convert nats per data point to bits per dimension."
     if not _is_int(dims) or dims < 1:
         raise ValueError(f"dims must be a positive integer (the dimensions of one data point), got {dims!r}")
     return nats / (dims * math.log(2))
-

@@ -22,13 +22,17 @@ __all__ = ['NoisyClassifier', 'noisy_classifier_loss', 'check_scale', 'Guided', 
 @register_architecture
 class NoisyClassifier(nn.Module):
     "The U-Net's downsampling half with a linear head: `forward(x_t, t) -> (B, num_classes)` logits of noisy images."
-    def __init__(self, num_classes:int=10, # number of classes
-                 in_channels:int=1, # channels of x_t
-                 channels:tuple=(16, 32, 64), # width of each resolution level
-                 attn:tuple=(False, False, True), # self-attention at each level
-                 layers:int=1, # blocks per level
-                 groups:int=8, # GroupNorm groups
-                 heads:int=4): # attention heads
+
+    def __init__(
+        self,
+        num_classes: int = 10,  # number of classes
+        in_channels: int = 1,  # channels of x_t
+        channels: tuple = (16, 32, 64),  # width of each resolution level
+        attn: tuple = (False, False, True),  # self-attention at each level
+        layers: int = 1,  # blocks per level
+        groups: int = 8,  # GroupNorm groups
+        heads: int = 4,
+    ):  # attention heads
         super().__init__()
         channels, attn = tuple(channels), tuple(attn)
         num_classes = check_number(num_classes, 'num_classes', 1, integer=True)
@@ -37,8 +41,15 @@ class NoisyClassifier(nn.Module):
         groups = check_number(groups, 'groups', 1, integer=True)
         heads = check_number(heads, 'heads', 1, integer=True)
         _check_levels(channels, attn, groups, heads)
-        self.config = dict(num_classes=num_classes, in_channels=in_channels, channels=list(channels), attn=list(attn),
-                           layers=layers, groups=groups, heads=heads)
+        self.config = dict(
+            num_classes=num_classes,
+            in_channels=in_channels,
+            channels=list(channels),
+            attn=list(attn),
+            layers=layers,
+            groups=groups,
+            heads=heads,
+        )
         self.num_classes = num_classes
         c = c0 = channels[0]
         emb_dim = 4 * c0
@@ -46,46 +57,62 @@ class NoisyClassifier(nn.Module):
         self.conv_in = nn.Conv2d(in_channels, c0, 3, padding=1)
         self.blocks = nn.ModuleList()
         for i, (ch, a) in enumerate(zip(channels, attn)):
-            for _ in range(layers): self.blocks.append(UNetBlock(c, ch, emb_dim, a, heads, None, groups)); c = ch
-            if i < len(channels) - 1: self.blocks.append(Downsample(c))
+            for _ in range(layers):
+                self.blocks.append(UNetBlock(c, ch, emb_dim, a, heads, None, groups))
+                c = ch
+            if i < len(channels) - 1:
+                self.blocks.append(Downsample(c))
         self.norm, self.head = nn.GroupNorm(groups, c), nn.Linear(c, num_classes)
 
-    def forward(self, x, # (B, in_channels, H, W) noisy images x_t
-                t): # (B,) timesteps (fractional allowed), or one for the batch
+    def forward(
+        self,
+        x,  # (B, in_channels, H, W) noisy images x_t
+        t,
+    ):  # (B,) timesteps (fractional allowed), or one for the batch
         B = _check_input(x, self.config['in_channels'], self.conv_in.weight.dtype)
-        t = _check_t(t, B, x.device)                                                         # (B,)
-        emb = self.temb(timestep_embedding(t, self.temb[0].in_features))                    # (B, E)
-        h = self.conv_in(x)                                                                 # (B, c0, H, W)
-        for m in self.blocks: h = m(h, emb)
-        return self.head(F.silu(self.norm(h)).mean((2, 3)))                                # (B, num_classes)
+        t = _check_t(t, B, x.device)  # (B,)
+        emb = self.temb(timestep_embedding(t, self.temb[0].in_features))  # (B, E)
+        h = self.conv_in(x)  # (B, c0, H, W)
+        for m in self.blocks:
+            h = m(h, emb)
+        return self.head(F.silu(self.norm(h)).mean((2, 3)))  # (B, num_classes)
 
 # %% ../nbs/08_guidance.ipynb #bdc96211
-def _check_levels(channels:tuple, attn:tuple, groups:int, heads:int):
+def _check_levels(channels: tuple, attn: tuple, groups: int, heads: int):
     "The widths of a U-Net-like stack, checked: one attention flag per level, widths divisible by groups and heads."
     if len(channels) == 0 or len(attn) != len(channels):
         raise ValueError(f"channels {channels} needs at least one level, and attn {attn} one flag per level")
     for c, a in zip(channels, attn):
         check_number(c, 'each of channels', 1, integer=True)
         if c % groups or (a and c % heads):
-            raise ValueError(f"channels {channels} must be multiples of groups={groups} (and of heads={heads} "
-                             f"where attn is set, attn={attn})")
+            raise ValueError(
+                f"channels {channels} must be multiples of groups={groups} (and of heads={heads} "
+                f"where attn is set, attn={attn})"
+            )
+
 
 def _shape_of(x) -> str:
     "What an error message says a value was: a tensor's shape, else the name of its type."
     return str(tuple(x.shape)) if torch.is_tensor(x) else type(x).__name__
 
-def _check_input(x, # what the network was given as x_t
-                 channels:int, # the channels it takes
-                 dtype:torch.dtype, # the dtype of its weights
-                ) -> int: # the batch size B
+
+def _check_input(
+    x,  # what the network was given as x_t
+    channels: int,  # the channels it takes
+    dtype: torch.dtype,  # the dtype of its weights
+) -> int:  # the batch size B
     "A network input checked to be a (B, channels, H, W) tensor in the network's own dtype."
     if not torch.is_tensor(x) or x.ndim != 4 or x.shape[1] != channels or x.dtype != dtype:
         got = f'{_shape_of(x)} {x.dtype}' if torch.is_tensor(x) else _shape_of(x)
         raise ValueError(f"x must be a {dtype} tensor of shape (B, {channels}, H, W), got {got}")
     return x.shape[0]
 
-def _check_t(t, # timesteps: a number, a 0-d tensor or (B,)
-             B:int, device) -> torch.Tensor: # (B,)
+
+def _check_t(
+    t,  # timesteps: a number, a 0-d tensor or (B,)
+    B: int,
+    device,
+) -> torch.Tensor:  # (B,)
     "Timesteps for a batch of B: one for all, or one each."
     t = torch.as_tensor(t, device=device)
     if t.ndim > 1 or (t.ndim == 1 and len(t) not in (1, B)):
@@ -93,27 +120,35 @@ def _check_t(t, # timesteps: a number, a 0-d tensor or (B,)
     return t.expand(B)
 
 # %% ../nbs/08_guidance.ipynb #534e53d3
-def noisy_classifier_loss(schedule, # the `Schedule` of the diffusion model to guide
-                          generator:torch.Generator|None=None): # randomness of t and eps
+def noisy_classifier_loss(
+    schedule,  # the `Schedule` of the diffusion model to guide
+    generator: torch.Generator | None = None,
+):  # randomness of t and eps
     "A `loss_fn(model, batch)` for `train`: cross-entropy of a classifier on x_t ~ q(x_t | x0) at random t."
+
     def loss_fn(model, batch):
-        x0, y = batch[0], batch[1]                                                          # (B, C, H, W), (B,)
+        x0, y = batch[0], batch[1]  # (B, C, H, W), (B,)
         gdev = generator.device if generator is not None else x0.device
-        t = torch.randint(0, schedule.T, (len(x0),), generator=generator, device=gdev).to(x0.device)   # (B,)
+        t = torch.randint(0, schedule.T, (len(x0),), generator=generator, device=gdev).to(x0.device)  # (B,)
         eps = torch.randn(x0.shape, generator=generator, device=gdev).to(x0)
-        return F.cross_entropy(model(q_sample(x0, t, eps, schedule.abar), t), y)           # DDPM eq. (4) inputs
+        return F.cross_entropy(model(q_sample(x0, t, eps, schedule.abar), t), y)  # DDPM eq. (4) inputs
+
     return loss_fn
 
 # %% ../nbs/08_guidance.ipynb #7565ec49
-def check_scale(scale, # a guidance scale
-                what:str='guidance scale'): # its name in the error message
+def check_scale(
+    scale,  # a guidance scale
+    what: str = 'guidance scale',
+):  # its name in the error message
     "The scale as a float, or a ValueError if it is NaN, infinite or negative (a TypeError if it is no number)."
     if torch.is_tensor(scale) and scale.ndim == 0:
         scale = scale.item()
     return float(check_number(scale, what, 0))
 
+
 class Guided(nn.Module):
-    "Base of the guidance wrappers: holds the denoiser and exposes its `schedule`, so `sample(...)` accepts the wrapper."
+    "Base of the guidance wrappers: holds the denoiser and exposes its `schedule`, so `sample` accepts the wrapper."
+
     def __init__(self, model):
         super().__init__()
         self.model = model
@@ -122,79 +157,107 @@ class Guided(nn.Module):
 # %% ../nbs/08_guidance.ipynb #f6746691
 class GradientGuidance(Guided):
     "A denoiser steered by the gradient of a log-probability: D(x, sigma) + scale * sigma^2 * grad_x log p(y | x)."
-    def __init__(self, model, # the denoiser D(x, sigma) -> x0_hat
-                 log_prob, # log_prob(x, sigma, x0_hat) -> (B,) log p(y | x) (or any score to climb)
-                 scale:float, # the guidance scale s >= 0
-                 through_x0:bool=False, # True: x0_hat is computed with gradients, so grad_x flows back through D
-                 sigma_cap:float|None=None): # weight by min(sigma, sigma_cap)^2 instead of sigma^2 (None: no cap)
+
+    def __init__(
+        self,
+        model,  # the denoiser D(x, sigma) -> x0_hat
+        log_prob,  # log_prob(x, sigma, x0_hat) -> (B,) log p(y | x) (or any score to climb)
+        scale: float,  # the guidance scale s >= 0
+        through_x0: bool = False,  # True: x0_hat is computed with gradients, so grad_x flows back through D
+        sigma_cap: float | None = None,
+    ):  # weight by min(sigma, sigma_cap)^2 instead of sigma^2 (None: no cap)
         super().__init__(model)
         if not callable(log_prob):
             raise TypeError(f"log_prob must be a function (x, sigma, x0_hat) -> (B,), got {type(log_prob).__name__}")
         self.log_prob, self.scale, self.through_x0 = log_prob, check_scale(scale), through_x0
         self.sigma_cap = None if sigma_cap is None else check_scale(sigma_cap, 'sigma_cap')
 
-    def forward(self, x, # (B, ...) sample at noise level sigma
-                sigma): # noise level: a number, 0-d tensor or (B,)
-        sig = torch.as_tensor(sigma, dtype=x.dtype, device=x.device).expand(x.shape[0])     # (B,)
-        if self.scale == 0: return self.model(x, sigma)
+    def forward(
+        self,
+        x,  # (B, ...) sample at noise level sigma
+        sigma,
+    ):  # noise level: a number, 0-d tensor or (B,)
+        sig = torch.as_tensor(sigma, dtype=x.dtype, device=x.device).expand(x.shape[0])  # (B,)
+        if self.scale == 0:
+            return self.model(x, sigma)
         with torch.enable_grad():
             x_in = x.detach().requires_grad_(True)
-            if self.through_x0: x0_hat = self.model(x_in, sigma)
+            if self.through_x0:
+                x0_hat = self.model(x_in, sigma)
             else:
-                with torch.no_grad(): x0_hat = self.model(x, sigma)
+                with torch.no_grad():
+                    x0_hat = self.model(x, sigma)
             lp = self.log_prob(x_in, sig, x0_hat)
             if not torch.is_tensor(lp) or lp.shape != sig.shape:
                 got = _shape_of(lp)
                 raise ValueError(f"log_prob must return one value per sample, shape {tuple(sig.shape)}, got {got}")
             lp = lp.sum()
-            grad = torch.autograd.grad(lp, x_in, allow_unused=True)[0] if lp.requires_grad else None   # (B, ...) grad_x log p
-            if grad is None: grad = torch.zeros_like(x)                                          # log_prob does not depend on x
-        w = sig if self.sigma_cap is None else sig.clamp(max=self.sigma_cap)                 # (B,)
-        return x0_hat.detach() + self.scale * append_dims(w, x.ndim) ** 2 * grad             # eq. (G2)
+            grad = (
+                torch.autograd.grad(lp, x_in, allow_unused=True)[0] if lp.requires_grad else None
+            )  # (B, ...) grad_x log p
+            if grad is None:
+                grad = torch.zeros_like(x)  # log_prob does not depend on x
+        w = sig if self.sigma_cap is None else sig.clamp(max=self.sigma_cap)  # (B,)
+        return x0_hat.detach() + self.scale * append_dims(w, x.ndim) ** 2 * grad  # eq. (G2)
 
 # %% ../nbs/08_guidance.ipynb #83ce12e0
-def check_labels(labels, # requested classes: an int, or (B,) ints
-                 num_classes:int|None, # how many classes the model knows (None: only check labels >= 0)
-                 B:int|None=None, # batch size to broadcast a single label to
-                 device=None) -> torch.Tensor: # (B,) int64
+def check_labels(
+    labels,  # requested classes: an int, or (B,) ints
+    num_classes: int | None,  # how many classes the model knows (None: only check labels >= 0)
+    B: int | None = None,  # batch size to broadcast a single label to
+    device=None,
+) -> torch.Tensor:  # (B,) int64
     "Requested class labels as a (B,) tensor, or a ValueError naming the unknown ones and the valid range."
     labels = torch.as_tensor(labels, device=device)
-    if labels.is_floating_point() or labels.is_complex(): raise TypeError(f"class labels must be integers, got {labels.dtype}")
+    if labels.is_floating_point() or labels.is_complex():
+        raise TypeError(f"class labels must be integers, got {labels.dtype}")
     labels = labels.long().reshape(-1)
     bad = sorted({int(l) for l in labels if l < 0 or (num_classes is not None and l >= num_classes)})
     valid = f"0..{num_classes - 1}" if num_classes is not None else "integers >= 0"
-    if bad: raise ValueError(f"unknown class {bad if len(bad) > 1 else bad[0]}; valid classes are {valid}")
+    if bad:
+        raise ValueError(f"unknown class {bad if len(bad) > 1 else bad[0]}; valid classes are {valid}")
     if B is not None:
-        if len(labels) == 1: labels = labels.expand(B)
-        elif len(labels) != B: raise ValueError(f"got {len(labels)} class labels for a batch of {B}")
+        if len(labels) == 1:
+            labels = labels.expand(B)
+        elif len(labels) != B:
+            raise ValueError(f"got {len(labels)} class labels for a batch of {B}")
     return labels
 
 # %% ../nbs/08_guidance.ipynb #7307e18f
-def classifier_log_prob(classifier, # a noise-aware classifier(x_t, t) -> (B, num_classes) logits
-                        schedule, # the `Schedule` the classifier was trained with
-                        labels): # the requested classes, an int or (B,)
+def classifier_log_prob(
+    classifier,  # a noise-aware classifier(x_t, t) -> (B, num_classes) logits
+    schedule,  # the `Schedule` the classifier was trained with
+    labels,
+):  # the requested classes, an int or (B,)
     "log_prob(x, sigma, x0_hat) -> (B,) log p(y | x) of a noise-aware classifier, for `GradientGuidance`."
     if not callable(classifier):
         raise TypeError(f"classifier must be a network classifier(x_t, t) -> logits, got {type(classifier).__name__}")
     n = getattr(classifier, 'num_classes', None)
     check_labels(labels, n)
+
     def log_prob(x, sigma, x0_hat=None):
-        y = check_labels(labels, n, len(x), x.device)                                        # (B,)
-        abar = sigma_to_abar(sigma)                                                          # (B,)
-        x_t = append_dims(abar, x.ndim).sqrt() * x                                           # the classifier's input
-        t = sigma_to_t(sigma.detach().cpu(), schedule.abar).to(x.device, torch.float32)      # (B,) fractional t
-        logits = classifier(x_t, t)                                                          # (B, num_classes)
+        y = check_labels(labels, n, len(x), x.device)  # (B,)
+        abar = sigma_to_abar(sigma)  # (B,)
+        x_t = append_dims(abar, x.ndim).sqrt() * x  # the classifier's input
+        t = sigma_to_t(sigma.detach().cpu(), schedule.abar).to(x.device, torch.float32)  # (B,) fractional t
+        logits = classifier(x_t, t)  # (B, num_classes)
         if logits.ndim != 2 or len(logits) != len(x) or logits.shape[1] <= int(y.max()):
-            raise ValueError(f"the classifier must return (B, num_classes) logits with B = {len(x)} and more than "
-                             f"{int(y.max())} classes, got shape {tuple(logits.shape)}")
+            raise ValueError(
+                f"the classifier must return (B, num_classes) logits with B = {len(x)} and more than "
+                f"{int(y.max())} classes, got shape {tuple(logits.shape)}"
+            )
         return F.log_softmax(logits, dim=-1)[torch.arange(len(x), device=x.device), y]
+
     return log_prob
 
-def classifier_guidance(model, # the denoiser to guide
-                        classifier, # noise-aware classifier(x_t, t) -> logits
-                        labels, # the requested classes, an int or (B,)
-                        scale:float, # guidance scale s >= 0
-                        schedule=None): # the classifier's schedule (default: the denoiser's)
+
+def classifier_guidance(
+    model,  # the denoiser to guide
+    classifier,  # noise-aware classifier(x_t, t) -> logits
+    labels,  # the requested classes, an int or (B,)
+    scale: float,  # guidance scale s >= 0
+    schedule=None,
+):  # the classifier's schedule (default: the denoiser's)
     "A denoiser guided toward `labels` by a noise-aware classifier (Dhariwal & Nichol 2021)."
     schedule = schedule if schedule is not None else getattr(model, 'schedule', None)
     if schedule is None:
@@ -202,77 +265,103 @@ def classifier_guidance(model, # the denoiser to guide
     return GradientGuidance(model, classifier_log_prob(classifier, schedule, labels), scale)
 
 # %% ../nbs/08_guidance.ipynb #45e53285
-def drop_labels(labels:torch.Tensor, # (B,) class labels in [0, num_classes)
-                p:float, # probability of replacing a label by the null class
-                num_classes:int, # the null class is `num_classes`
-                generator:torch.Generator|None=None) -> torch.Tensor: # (B,) labels, some set to `num_classes`
+def drop_labels(
+    labels: torch.Tensor,  # (B,) class labels in [0, num_classes)
+    p: float,  # probability of replacing a label by the null class
+    num_classes: int,  # the null class is `num_classes`
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:  # (B,) labels, some set to `num_classes`
     "Condition dropout for classifier-free guidance: each label becomes the null class with probability `p`."
     p = check_number(p, 'drop probability p', 0, 1)
     if labels.numel() and (labels.min() < 0 or labels.max() >= num_classes):
-        raise ValueError(f"labels must lie in [0, {num_classes - 1}] (the null class is {num_classes}), "
-                         f"got values in [{labels.min().item()}, {labels.max().item()}]")
+        raise ValueError(
+            f"labels must lie in [0, {num_classes - 1}] (the null class is {num_classes}), "
+            f"got values in [{labels.min().item()}, {labels.max().item()}]"
+        )
     gdev = generator.device if generator is not None else labels.device
     drop = (torch.rand(labels.shape, generator=generator, device=gdev) < p).to(labels.device)
     return torch.where(drop, torch.full_like(labels, num_classes), labels)
 
-def cfg_ddpm_loss(schedule, # the noise schedule
-                  p_uncond:float=0.2, # condition dropout probability
-                  num_classes:int=10, # classes of the data
-                  objective:str='eps', # what the network predicts
-                  generator:torch.Generator|None=None):
+
+def cfg_ddpm_loss(
+    schedule,  # the noise schedule
+    p_uncond: float = 0.2,  # condition dropout probability
+    num_classes: int = 10,  # classes of the data
+    objective: str = 'eps',  # what the network predicts
+    generator: torch.Generator | None = None,
+):
     "A `loss_fn(model, batch)` for `train`: the DDPM loss of a class-conditional model with condition dropout."
     p_uncond = check_number(p_uncond, 'p_uncond', 0, 1)
     num_classes = check_number(num_classes, 'num_classes', 1, integer=True)
+
     def loss_fn(model, batch):
         x0, y = batch[0], batch[1]
-        return ddpm_loss(model, x0, schedule, objective, generator, class_labels=drop_labels(y, p_uncond, num_classes, generator))
+        return ddpm_loss(
+            model, x0, schedule, objective, generator, class_labels=drop_labels(y, p_uncond, num_classes, generator)
+        )
+
     return loss_fn
 
 # %% ../nbs/08_guidance.ipynb #80ce7bc6
-def w_to_scale(w:float) -> float:
+def w_to_scale(w: float) -> float:
     "Ho & Salimans' guidance weight w as diffusers' guidance_scale: g = w + 1."
-    return w + 1.
+    return w + 1.0
 
-def scale_to_w(scale:float) -> float:
+
+def scale_to_w(scale: float) -> float:
     "diffusers' guidance_scale g as Ho & Salimans' weight: w = g - 1."
-    return scale - 1.
+    return scale - 1.0
 
-def cfg_combine(out_uncond:torch.Tensor, # the model's prediction without the condition (eps, v or x0)
-                out_cond:torch.Tensor, # its prediction with the condition
-                scale:float, # diffusers' guidance_scale g >= 0: 0 unconditional, 1 conditional, > 1 guided
-               ) -> torch.Tensor:
+
+def cfg_combine(
+    out_uncond: torch.Tensor,  # the model's prediction without the condition (eps, v or x0)
+    out_cond: torch.Tensor,  # its prediction with the condition
+    scale: float,  # diffusers' guidance_scale g >= 0: 0 unconditional, 1 conditional, > 1 guided
+) -> torch.Tensor:
     "Classifier-free guidance: out_uncond + scale * (out_cond - out_uncond)."
     s = check_scale(scale)
     if out_uncond.shape != out_cond.shape:
-        raise ValueError(f"conditional and unconditional outputs differ in shape: {tuple(out_cond.shape)} and {tuple(out_uncond.shape)}")
-    return out_uncond + s * (out_cond - out_uncond)                                         # eq. (G5)
+        raise ValueError(
+            "conditional and unconditional outputs differ in shape: "
+            f"{tuple(out_cond.shape)} and {tuple(out_uncond.shape)}"
+        )
+    return out_uncond + s * (out_cond - out_uncond)  # eq. (G5)
 
 # %% ../nbs/08_guidance.ipynb #35d69b1f
 class ClassifierFreeGuidance(Guided):
-    "A conditional denoiser guided without a classifier: D(x|none) + scale * (D(x|cond) - D(x|none)) (Ho & Salimans 2022)."
-    def __init__(self, model, # the denoiser D(x, sigma, **cond), trained with condition dropout
-                 scale:float, # diffusers' guidance_scale g >= 0 (the paper's w is g - 1; see `w_to_scale`)
-                 uncond:dict|None=None, # the "no condition" keyword arguments (default: none, e.g. the null class)
-                 **cond): # the condition, e.g. class_labels=(B,) ints or context=(B, L, D)
+    "A conditional denoiser guided classifier-free: D(x|none) + scale * (D(x|cond) - D(x|none)) (Ho & Salimans 2022)."
+
+    def __init__(
+        self,
+        model,  # the denoiser D(x, sigma, **cond), trained with condition dropout
+        scale: float,  # diffusers' guidance_scale g >= 0 (the paper's w is g - 1; see `w_to_scale`)
+        uncond: dict | None = None,  # the "no condition" keyword arguments (default: none, e.g. the null class)
+        **cond,
+    ):  # the condition, e.g. class_labels=(B,) ints or context=(B, L, D)
         super().__init__(model)
-        if not cond: raise ValueError("ClassifierFreeGuidance needs a condition, e.g. class_labels=...")
+        if not cond:
+            raise ValueError("ClassifierFreeGuidance needs a condition, e.g. class_labels=...")
         if uncond is not None and not isinstance(uncond, dict):
             raise TypeError(f"uncond must be a dict of keyword arguments or None, got {type(uncond).__name__}")
         n = getattr(getattr(model, 'net', model), 'num_classes', None)
-        if 'class_labels' in cond and n: cond['class_labels'] = check_labels(cond['class_labels'], n)
+        if 'class_labels' in cond and n:
+            cond['class_labels'] = check_labels(cond['class_labels'], n)
         self.scale, self.cond, self.uncond = check_scale(scale), cond, uncond or {}
 
     def forward(self, x, sigma):
-        if self.scale == 1: return self.model(x, sigma, **self.cond)      # g = 1: the conditional model, one call
+        if self.scale == 1:
+            return self.model(x, sigma, **self.cond)  # g = 1: the conditional model, one call
         out_uncond = self.model(x, sigma, **self.uncond)
-        if self.scale == 0: return out_uncond                             # g = 0: the unconditional model
+        if self.scale == 0:
+            return out_uncond  # g = 0: the unconditional model
         return cfg_combine(out_uncond, self.model(x, sigma, **self.cond), self.scale)
 
 # %% ../nbs/08_guidance.ipynb #f5bc50b9
-def class_diversity(features:torch.Tensor, # (N, D) features of N samples
-                    labels:torch.Tensor, # (N,) the class each sample was drawn for
-                   ) -> float: # mean distance between two samples of the same class
-    "Spread of samples within each class: the mean pairwise Euclidean distance of their features, averaged over classes."
+def class_diversity(
+    features: torch.Tensor,  # (N, D) features of N samples
+    labels: torch.Tensor,  # (N,) the class each sample was drawn for
+) -> float:  # mean distance between two samples of the same class
+    "Spread of samples within each class: mean pairwise Euclidean distance of their features, averaged over classes."
     labels = torch.as_tensor(labels, device=features.device)
     if features.ndim != 2 or labels.shape != (len(features),):
         shapes = f"{tuple(features.shape)} and {tuple(labels.shape)}"
@@ -280,6 +369,8 @@ def class_diversity(features:torch.Tensor, # (N, D) features of N samples
     ds = []
     for c in labels.unique():
         f = features[labels == c]
-        if len(f) > 1: ds.append(torch.pdist(f.double()).mean())
-    if not ds: raise ValueError("class_diversity needs at least two samples of some class")
+        if len(f) > 1:
+            ds.append(torch.pdist(f.double()).mean())
+    if not ds:
+        raise ValueError("class_diversity needs at least two samples of some class")
     return torch.stack(ds).mean().item()

@@ -21,22 +21,25 @@ __all__ = ['GLYPH_TINY', 'TOKEN_FORMAT', 'ink_radius', 'add_token', 'insert_toke
            'save_token', 'load_token']
 
 # %% ../nbs/09b_textual_inversion.ipynb #c8df6eda
-def ink_radius(images:torch.Tensor, # (B, 1, H, W) images in [-1, 1], ink +1
-              ) -> torch.Tensor: # (B,) RMS distance of the ink from its centre, in pixels
-    "How large each glyph is drawn: the ink-weighted RMS distance from the ink's centre of mass (eq. 2), ink w = max(x, 0)."
+def ink_radius(
+    images: torch.Tensor,  # (B, 1, H, W) images in [-1, 1], ink +1
+) -> torch.Tensor:  # (B,) RMS distance of the ink from its centre, in pixels
+    "How large each glyph is drawn: ink-weighted RMS distance from the ink's centre of mass (eq. 2), ink w = max(x, 0)."
     if not torch.is_tensor(images) or images.ndim != 4 or images.shape[1] != 1:
         raise ValueError(f"images must be (B, 1, H, W), got {_shape_of(images)}")
-    w = images[:, 0].float().clamp(0, 1)                                          # (B, H, W) ink weights max(x, 0)
+    w = images[:, 0].float().clamp(0, 1)  # (B, H, W) ink weights max(x, 0)
     H, W = w.shape[-2:]
     yy, xx = torch.meshgrid(torch.arange(H, dtype=w.dtype), torch.arange(W, dtype=w.dtype), indexing='ij')
-    m = w.sum((1, 2)).clamp_min(1e-6)                                             # (B,)
-    cy, cx = (w * yy).sum((1, 2)) / m, (w * xx).sum((1, 2)) / m                   # centre of mass
+    m = w.sum((1, 2)).clamp_min(1e-6)  # (B,)
+    cy, cx = (w * yy).sum((1, 2)) / m, (w * xx).sum((1, 2)) / m  # centre of mass
     r2 = (w * ((yy - cy[:, None, None]) ** 2 + (xx - cx[:, None, None]) ** 2)).sum((1, 2)) / m
-    return r2.sqrt()                                                              # eq. (2)
+    return r2.sqrt()  # eq. (2)
 
 # %% ../nbs/09b_textual_inversion.ipynb #efe540c8
-def _check_new_token(tokenizer, # the tokenizer that is to learn `token`
-                     token:str):
+def _check_new_token(
+    tokenizer,  # the tokenizer that is to learn `token`
+    token: str,
+):
     "Refuse a token that is already there, or that would change how the tokenizer reads text it knows."
     if not isinstance(token, str) or not token or any(c.isspace() for c in token):
         raise ValueError(f"token must be a non-empty string without spaces, got {token!r}")
@@ -47,20 +50,25 @@ def _check_new_token(tokenizer, # the tokenizer that is to learn `token`
     vocab = tokenizer.get_vocab()
     found = [v for v in (token, read, read + '</w>') if v in vocab]
     if found:
-        raise ValueError(f"token {token!r} is already in the vocabulary (as {found[0]!r}); pick a new string, "
-                         f"e.g. {example}")
-    shadowed = sorted(w for w in vocab if read in w.removesuffix('</w>'))   # added tokens match anywhere in a prompt
+        raise ValueError(
+            f"token {token!r} is already in the vocabulary (as {found[0]!r}); pick a new string, e.g. {example}"
+        )
+    shadowed = sorted(w for w in vocab if read in w.removesuffix('</w>'))  # added tokens match anywhere in a prompt
     if shadowed:
-        raise ValueError(f"token {token!r} would shadow words the tokenizer knows: it is read as {read!r}, which is "
-                         f"part of {shadowed[:4]}, so prompts with them would change; pick a string in no word, "
-                         f"e.g. {example}")
+        raise ValueError(
+            f"token {token!r} would shadow words the tokenizer knows: it is read as {read!r}, which is "
+            f"part of {shadowed[:4]}, so prompts with them would change; pick a string in no word, "
+            f"e.g. {example}"
+        )
     return token
 
-def add_token(tokenizer, # the checkpoint's tokenizer (changed in place)
-              text_encoder:nn.Module, # the checkpoint's text encoder (changed in place)
-              token:str, # the new word, e.g. '<tiny>': no word of the vocabulary, nor part of one
-              init:torch.Tensor|None=None, # (D,) its starting embedding; None: the mean of the existing rows
-             ) -> int: # the new token's id
+
+def add_token(
+    tokenizer,  # the checkpoint's tokenizer (changed in place)
+    text_encoder: nn.Module,  # the checkpoint's text encoder (changed in place)
+    token: str,  # the new word, e.g. '<tiny>': no word of the vocabulary, nor part of one
+    init: torch.Tensor | None = None,  # (D,) its starting embedding; None: the mean of the existing rows
+) -> int:  # the new token's id
     "Add `token` to the tokenizer and a row for it to the text encoder's token embeddings."
     _check_new_token(tokenizer, token)
     emb = text_encoder.get_input_embeddings()
@@ -75,16 +83,18 @@ def add_token(tokenizer, # the checkpoint's tokenizer (changed in place)
     return tid
 
 # %% ../nbs/09b_textual_inversion.ipynb #98aadb13
-def insert_token(caption:str, # a glyph caption, e.g. 'a bold serif capital A'
-                 token:str, # the new word
-                ) -> str: # e.g. 'a <tiny> bold serif capital A'
+def insert_token(
+    caption: str,  # a glyph caption, e.g. 'a bold serif capital A'
+    token: str,  # the new word
+) -> str:  # e.g. 'a <tiny> bold serif capital A'
     "Put `token` right after the caption's article."
     if not isinstance(caption, str) or ' ' not in caption.strip():
         raise ValueError(f"caption must be an article and words, e.g. 'a bold serif capital A', got {caption!r}")
     article, rest = caption.strip().split(' ', 1)
     return f'{article} {token} {rest}'
 
-def _token_id(tokenizer, text_encoder, token:str) -> int:
+
+def _token_id(tokenizer, text_encoder, token: str) -> int:
     "The id of `token`: one added before (by an earlier run) is reused, any other is added, checked by `add_token`."
     added = tokenizer.get_added_vocab()
     if token in added and token not in tokenizer.all_special_tokens:
@@ -92,67 +102,90 @@ def _token_id(tokenizer, text_encoder, token:str) -> int:
     return add_token(tokenizer, text_encoder, token)
 
 # %% ../nbs/09b_textual_inversion.ipynb #11fb3671
-def inversion_loss_fn(unet:nn.Module, # the frozen U-Net
-                      tokenizer, # the tokenizer, which knows the new token
-                      captions:list, # the concept images' captions, with the new token in them
-                      schedule:Schedule, # the noise schedule the U-Net was trained with
-                      generator:torch.Generator|None=None, # randomness of the posterior samples, t and eps
-                     ):
+def inversion_loss_fn(
+    unet: nn.Module,  # the frozen U-Net
+    tokenizer,  # the tokenizer, which knows the new token
+    captions: list,  # the concept images' captions, with the new token in them
+    schedule: Schedule,  # the noise schedule the U-Net was trained with
+    generator: torch.Generator | None = None,  # randomness of the posterior samples, t and eps
+):
     "A `loss_fn(text_encoder, batch)` for `train`: eq. (1) on a batch (mu, sigma, index) of concept latents."
     if isinstance(captions, str) or not captions or not all(isinstance(c, str) for c in captions):
         raise TypeError(f"captions must be a non-empty list of strings, got {captions!r:.60}")
-    all_ids = tokenize(tokenizer, captions)                                       # (N, L): the captions are fixed, tokenize once
+    all_ids = tokenize(tokenizer, captions)  # (N, L): the captions are fixed, tokenize once
+
     def loss_fn(text_encoder, batch):
-        mu, sigma, idx = batch                                                    # (B, C, h, w), (B, C, h, w), (B,)
+        mu, sigma, idx = batch  # (B, C, h, w), (B, C, h, w), (B,)
         ids = all_ids[idx.cpu()].to(mu.device)
-        context = text_encoder(ids)[0]                                            # (B, L, D), depends on the new row
+        context = text_encoder(ids)[0]  # (B, L, D), depends on the new row
         gdev = generator.device if generator is not None else mu.device
         z0 = mu + sigma * torch.randn(mu.shape, generator=generator, device=gdev).to(mu.device)
         net = lambda z_t, t, context: unet(z_t, t, encoder_hidden_states=context).sample
-        return ddpm_loss(net, z0, schedule, 'eps', generator, context=context)   # eq. (1)
+        return ddpm_loss(net, z0, schedule, 'eps', generator, context=context)  # eq. (1)
+
     return loss_fn
 
 
-def _check_concept(images, captions:list, token:str):
+def _check_concept(images, captions: list, token: str):
     "The concept's images, one caption each, every caption holding the token."
     if not torch.is_tensor(images) or images.ndim != 4 or len(images) != len(captions) or not len(images):
-        raise ValueError(f"images must be (N, c, H, W) with one caption each, got {_shape_of(images)} "
-                         f"and {len(captions)} captions")
+        raise ValueError(
+            f"images must be (N, c, H, W) with one caption each, got {_shape_of(images)} and {len(captions)} captions"
+        )
     missing = [c for c in captions if not isinstance(c, str) or token not in c]
     if missing:
         raise ValueError(f"every caption must contain the token {token!r}; e.g. {missing[0]!r} does not")
 
 # %% ../nbs/09b_textual_inversion.ipynb #52581ad0
-def learn_token(parts:SDParts, # the frozen checkpoint; its tokenizer and text encoder get the new token
-                images:torch.Tensor, # (N, c, H, W) images of the concept in [-1, 1]
-                captions:list, # N captions with the token in them
-                token:str, # the new word: no word of the vocabulary, nor part of one
-                steps:int=1000, # optimizer steps
-                lr:float=5e-3, # learning rate of the embedding row
-                batch_size:int=32,
-                seed:int=0,
-                progress:bool=True,
-               ): # (the learned (D,) embedding, the `TrainState`)
+def learn_token(
+    parts: SDParts,  # the frozen checkpoint; its tokenizer and text encoder get the new token
+    images: torch.Tensor,  # (N, c, H, W) images of the concept in [-1, 1]
+    captions: list,  # N captions with the token in them
+    token: str,  # the new word: no word of the vocabulary, nor part of one
+    steps: int = 1000,  # optimizer steps
+    lr: float = 5e-3,  # learning rate of the embedding row
+    batch_size: int = 32,
+    seed: int = 0,
+    progress: bool = True,
+):  # (the learned (D,) embedding, the `TrainState`)
     "Textual inversion: add `token` and learn its embedding alone, everything else frozen (Gal et al. 2022)."
     check_number(steps, 'steps', 1, integer=True)
     check_number(lr, 'lr', 0, lo_open=True)
     check_number(batch_size, 'batch_size', 1, integer=True)
     _check_concept(images, captions, token)
     tid = _token_id(parts.tokenizer, parts.text_encoder, token)
-    for m in (parts.unet, parts.vae, parts.text_encoder): m.requires_grad_(False).eval()
+    for m in (parts.unet, parts.vae, parts.text_encoder):
+        m.requires_grad_(False).eval()
     weight = parts.text_encoder.get_input_embeddings().weight
     weight.requires_grad_(True)
     keep = torch.zeros(len(weight), 1, device=weight.device)
     keep[tid] = 1
-    hook = weight.register_hook(lambda g: g * keep)                               # only the new row learns
+    hook = weight.register_hook(lambda g: g * keep)  # only the new row learns
     ds = latent_dataset(parts.vae, images)
-    dl = torch.utils.data.DataLoader(ds, batch_size=min(batch_size, len(ds)), shuffle=True, drop_last=True,
-                                     generator=torch.Generator().manual_seed(seed))
+    dl = torch.utils.data.DataLoader(
+        ds,
+        batch_size=min(batch_size, len(ds)),
+        shuffle=True,
+        drop_last=True,
+        generator=torch.Generator().manual_seed(seed),
+    )
     loss_fn = inversion_loss_fn(parts.unet, parts.tokenizer, captions, Schedule.from_betas(parts.scheduler.betas))
-    optimizer = torch.optim.AdamW([weight], lr=lr, weight_decay=0.)
+    optimizer = torch.optim.AdamW([weight], lr=lr, weight_decay=0.0)
     try:
-        state = train(parts.text_encoder, loss_fn, dl, steps, lr, warmup=min(50, steps // 10), weight_decay=0.,
-                      ema_decay=0., clip=None, seed=seed, progress=progress, optimizer=optimizer)
+        state = train(
+            parts.text_encoder,
+            loss_fn,
+            dl,
+            steps,
+            lr,
+            warmup=min(50, steps // 10),
+            weight_decay=0.0,
+            ema_decay=0.0,
+            clip=None,
+            seed=seed,
+            progress=progress,
+            optimizer=optimizer,
+        )
     finally:
         hook.remove()
         weight.requires_grad_(False)
@@ -164,10 +197,13 @@ GLYPH_TINY = 'glyph_tiny_token.safetensors'
 
 TOKEN_FORMAT = 'diffcourse.token/1'
 
-def save_token(path, # the .safetensors file to write
-               token:str, # the word
-               embedding:torch.Tensor, # (D,) its embedding
-               **info): # what produced it (stored in the metadata)
+
+def save_token(
+    path,  # the .safetensors file to write
+    token: str,  # the word
+    embedding: torch.Tensor,  # (D,) its embedding
+    **info,
+):  # what produced it (stored in the metadata)
     "Save a learned word as diffusers' textual-inversion format: {token: (D,) embedding}, with a format tag."
     if not isinstance(token, str) or not token or any(c.isspace() for c in token):
         raise ValueError(f"token must be a non-empty string without spaces, got {token!r}")
@@ -177,21 +213,25 @@ def save_token(path, # the .safetensors file to write
         raise ValueError("info may not set 'format': save_token writes it")
     return save_safetensors({token: embedding.detach().float().cpu()}, path, metadata={'format': TOKEN_FORMAT, **info})
 
-def load_token(parts:SDParts, # the checkpoint to teach the word to (changed in place)
-               path=None, # a file written by `save_token` (or diffusers' format); None: the `<tiny>` word shipped
-              ) -> str: # the token, ready to use in prompts
+
+def load_token(
+    parts: SDParts,  # the checkpoint to teach the word to (changed in place)
+    path=None,  # a file written by `save_token` (or diffusers' format); None: the `<tiny>` word shipped
+) -> str:  # the token, ready to use in prompts
     "Teach `parts` a word learned by textual inversion, after checking the file and that the word shadows none."
     path = Path(path) if path is not None else weights_path(GLYPH_TINY)
     tensors, meta = load_safetensors(path)
-    if meta.get('format', TOKEN_FORMAT) != TOKEN_FORMAT:                     # diffusers' own files carry no tag
+    if meta.get('format', TOKEN_FORMAT) != TOKEN_FORMAT:  # diffusers' own files carry no tag
         raise ValueError(f"{str(path)!r} is not a textual-inversion file (metadata format {meta['format']!r})")
     if len(tensors) != 1:
         names = list(tensors)[:5]
         raise ValueError(f"{str(path)!r}: a textual-inversion file holds one tensor keyed by its token, got {names}")
-    (token, emb), = tensors.items()
+    ((token, emb),) = tensors.items()
     D = parts.text_encoder.get_input_embeddings().weight.shape[1]
     if emb.shape != (D,) or not emb.is_floating_point() or not emb.isfinite().all():
-        raise ValueError(f"{str(path)!r}: the embedding of {token!r} has shape {tuple(emb.shape)} ({emb.dtype}); "
-                         f"this text encoder wants ({D},) finite floats")
-    add_token(parts.tokenizer, parts.text_encoder, token, emb)                 # refuses a token that shadows a word
+        raise ValueError(
+            f"{str(path)!r}: the embedding of {token!r} has shape {tuple(emb.shape)} ({emb.dtype}); "
+            f"this text encoder wants ({D},) finite floats"
+        )
+    add_token(parts.tokenizer, parts.text_encoder, token, emb)  # refuses a token that shadows a word
     return token

@@ -16,8 +16,18 @@ from .core import save_safetensors, load_safetensors, weights_path, check_number
 from .schedules import Schedule
 from .training import ddpm_loss
 from .guidance import cfg_combine, check_scale, _shape_of
-from .clip import (check_prompts, drop_style_words, _check_format, _meta_json, _config_keys, _init_keys,
-                             _check_config, _build_checked, _tokenizer_from_meta, _local_or_hub)
+from diffcourse.clip import (
+    check_prompts,
+    drop_style_words,
+    _check_format,
+    _meta_json,
+    _config_keys,
+    _init_keys,
+    _check_config,
+    _build_checked,
+    _tokenizer_from_meta,
+    _local_or_hub,
+)
 
 # %% auto #0
 __all__ = ['SD_PART_CLASSES', 'GLYPH_VAE', 'GLYPH_SD', 'SDParts', 'glyph_vae', 'glyph_unet', 'glyph_scheduler', 'to_pipeline',
@@ -29,60 +39,106 @@ __all__ = ['SD_PART_CLASSES', 'GLYPH_VAE', 'GLYPH_SD', 'SDParts', 'glyph_vae', '
 @dataclass
 class SDParts:
     "The five parts of a Stable Diffusion checkpoint, in the order they connect."
-    tokenizer: object # a transformers tokenizer: prompt -> (B, L) token ids
-    text_encoder: nn.Module # a transformers CLIPTextModel: (B, L) ids -> (B, L, D) hidden states
-    unet: nn.Module # a diffusers UNet2DConditionModel: (z_t, t, hidden states) -> eps_hat
-    vae: nn.Module # a diffusers AutoencoderKL: (B, c, H, W) images <-> (B, C, H/f, W/f) latents
-    scheduler: object # a diffusers scheduler (DDIMScheduler, EulerDiscreteScheduler, ...): the sampler
+
+    tokenizer: object  # a transformers tokenizer: prompt -> (B, L) token ids
+    text_encoder: nn.Module  # a transformers CLIPTextModel: (B, L) ids -> (B, L, D) hidden states
+    unet: nn.Module  # a diffusers UNet2DConditionModel: (z_t, t, hidden states) -> eps_hat
+    vae: nn.Module  # a diffusers AutoencoderKL: (B, c, H, W) images <-> (B, C, H/f, W/f) latents
+    scheduler: object  # a diffusers scheduler (DDIMScheduler, EulerDiscreteScheduler, ...): the sampler
 
     @property
-    def device(self) -> torch.device: return next(self.unet.parameters()).device
+    def device(self) -> torch.device:
+        return next(self.unet.parameters()).device
+
     @property
-    def dtype(self) -> torch.dtype: return next(self.unet.parameters()).dtype
+    def dtype(self) -> torch.dtype:
+        return next(self.unet.parameters()).dtype
 
     def to(self, device=None, dtype=None) -> SDParts:
         "Move (and cast) the three networks in place; returns self."
         kw = {k: v for k, v in (('device', device), ('dtype', dtype)) if v is not None}
-        for m in (self.text_encoder, self.unet, self.vae): m.to(**kw)
+        for m in (self.text_encoder, self.unet, self.vae):
+            m.to(**kw)
         return self
 
 # %% ../nbs/09_stable_diffusion.ipynb #43b9a37f
 def glyph_vae(**kw) -> nn.Module:
     "The course's small `AutoencoderKL` for 16x16 one-channel glyphs: 4x4x4 latents (f = 4). `kw` overrides the config."
     from diffusers import AutoencoderKL
-    cfg = dict(in_channels=1, out_channels=1, latent_channels=4, sample_size=16,
-               down_block_types=('DownEncoderBlock2D',) * 3, up_block_types=('UpDecoderBlock2D',) * 3,
-               block_out_channels=(32, 64, 64), layers_per_block=1, norm_num_groups=16)
+
+    cfg = dict(
+        in_channels=1,
+        out_channels=1,
+        latent_channels=4,
+        sample_size=16,
+        down_block_types=('DownEncoderBlock2D',) * 3,
+        up_block_types=('UpDecoderBlock2D',) * 3,
+        block_out_channels=(32, 64, 64),
+        layers_per_block=1,
+        norm_num_groups=16,
+    )
     return AutoencoderKL(**{**cfg, **kw})
 
-def glyph_unet(cross_attention_dim:int=64, # width D of the text encoder's hidden states
-               **kw) -> nn.Module: # overrides of the config
+
+def glyph_unet(
+    cross_attention_dim: int = 64,  # width D of the text encoder's hidden states
+    **kw,
+) -> nn.Module:  # overrides of the config
     "The course's small `UNet2DConditionModel` for 4x4x4 latents, cross-attending to the text at both levels."
     from diffusers import UNet2DConditionModel
+
     check_number(cross_attention_dim, 'cross_attention_dim', 1, integer=True)
-    cfg = dict(sample_size=4, in_channels=4, out_channels=4, cross_attention_dim=cross_attention_dim,
-               down_block_types=('CrossAttnDownBlock2D',) * 2, up_block_types=('CrossAttnUpBlock2D',) * 2,
-               block_out_channels=(32, 64), layers_per_block=1, attention_head_dim=8, norm_num_groups=16)
+    cfg = dict(
+        sample_size=4,
+        in_channels=4,
+        out_channels=4,
+        cross_attention_dim=cross_attention_dim,
+        down_block_types=('CrossAttnDownBlock2D',) * 2,
+        up_block_types=('CrossAttnUpBlock2D',) * 2,
+        block_out_channels=(32, 64),
+        layers_per_block=1,
+        attention_head_dim=8,
+        norm_num_groups=16,
+    )
     return UNet2DConditionModel(**{**cfg, **kw})
+
 
 def glyph_scheduler(**kw):
     "Stable Diffusion's DDIM scheduler: 1000 steps of the scaled-linear schedule, 'leading' spacing with offset 1."
     from diffusers import DDIMScheduler
-    cfg = dict(num_train_timesteps=1000, beta_schedule='scaled_linear', beta_start=0.00085, beta_end=0.012,
-               clip_sample=False, set_alpha_to_one=True, steps_offset=1, prediction_type='epsilon')
+
+    cfg = dict(
+        num_train_timesteps=1000,
+        beta_schedule='scaled_linear',
+        beta_start=0.00085,
+        beta_end=0.012,
+        clip_sample=False,
+        set_alpha_to_one=True,
+        steps_offset=1,
+        prediction_type='epsilon',
+    )
     return DDIMScheduler(**{**cfg, **kw})
 
 # %% ../nbs/09_stable_diffusion.ipynb #d230a8e3
-def to_pipeline(parts:SDParts):
+def to_pipeline(parts: SDParts):
     "Our parts as a diffusers `StableDiffusionPipeline` (no safety checker: the glyph models have no use for one)."
     from diffusers import StableDiffusionPipeline
-    pipe = StableDiffusionPipeline(vae=parts.vae, text_encoder=parts.text_encoder, tokenizer=parts.tokenizer, unet=parts.unet,
-                                   scheduler=parts.scheduler, safety_checker=None, feature_extractor=None,
-                                   requires_safety_checker=False)
+
+    pipe = StableDiffusionPipeline(
+        vae=parts.vae,
+        text_encoder=parts.text_encoder,
+        tokenizer=parts.tokenizer,
+        unet=parts.unet,
+        scheduler=parts.scheduler,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
-def save_parts(parts:SDParts, folder) -> Path:
+
+def save_parts(parts: SDParts, folder) -> Path:
     "Write `parts` as a Stable Diffusion folder (model_index.json, tokenizer/, text_encoder/, unet/, vae/, scheduler/)."
     to_pipeline(parts).save_pretrained(str(folder))
     return Path(folder)
@@ -94,17 +150,25 @@ SD_PART_CLASSES = {  # subfolder -> (library, class) used to load it
     'unet': ('diffusers', 'UNet2DConditionModel'),
     'vae': ('diffusers', 'AutoencoderKL'),
 }
-_DTYPE_ARG = {'text_encoder': 'dtype', 'unet': 'torch_dtype', 'vae': 'torch_dtype'}  # how each library's from_pretrained names it
+_DTYPE_ARG = {
+    'text_encoder': 'dtype',
+    'unet': 'torch_dtype',
+    'vae': 'torch_dtype',
+}  # how each library's from_pretrained names it
+
 
 def _is_scheduler(cls) -> bool:
     "Whether `cls` is one of diffusers' scheduler classes."
     import diffusers
+
     return isinstance(cls, type) and issubclass(cls, diffusers.SchedulerMixin)
 
-def _scheduler_class(src:str, local_files_only:bool):
+
+def _scheduler_class(src: str, local_files_only: bool):
     "The scheduler class a checkpoint names in scheduler/scheduler_config.json: one of diffusers' schedulers only."
     import diffusers
     from diffusers import DDIMScheduler
+
     cfg = DDIMScheduler.load_config(src, subfolder='scheduler', local_files_only=local_files_only)
     name = cfg.get('_class_name', 'DDIMScheduler')
     cls = getattr(diffusers, name, None) if isinstance(name, str) else None
@@ -113,36 +177,42 @@ def _scheduler_class(src:str, local_files_only:bool):
     return cls
 
 # %% ../nbs/09_stable_diffusion.ipynb #cfa73204
-def load_parts(name_or_path, # a Hugging Face model id ('stable-diffusion-v1-5/stable-diffusion-v1-5') or a local folder
-               device='cpu', # where to put the networks
-               dtype:torch.dtype|None=None, # e.g. torch.float16 on a GPU; None keeps float32
-               local_files_only:bool=False, # never touch the network (the folder or the Hugging Face cache only)
-               scheduler=None, # a diffusers scheduler class to use instead of the checkpoint's own (configured from it)
-              ) -> SDParts:
+def load_parts(
+    name_or_path,  # a Hugging Face model id ('stable-diffusion-v1-5/stable-diffusion-v1-5') or a local folder
+    device='cpu',  # where to put the networks
+    dtype: torch.dtype | None = None,  # e.g. torch.float16 on a GPU; None keeps float32
+    local_files_only: bool = False,  # never touch the network (the folder or the Hugging Face cache only)
+    scheduler=None,  # a diffusers scheduler class to use instead of the checkpoint's own (configured from it)
+) -> SDParts:
     "Load the five parts of a Stable Diffusion checkpoint, each with its own `from_pretrained`; fails fast offline."
     import importlib
+
     if dtype is not None and not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
         raise TypeError(f"dtype must be a floating torch.dtype such as torch.float16, or None, got {dtype!r}")
     if scheduler is not None and not _is_scheduler(scheduler):
         raise TypeError(f"scheduler must be a diffusers scheduler class such as DDIMScheduler, got {scheduler!r}")
+
     def load(src, local):
         loaded = {}
         for sub, (lib, cls) in SD_PART_CLASSES.items():
-            dt = {_DTYPE_ARG[sub]: dtype} if dtype is not None and sub in _DTYPE_ARG else {}   # straight into dtype
-            part = getattr(importlib.import_module(lib), cls)                  # fixed above, not by the folder
+            dt = {_DTYPE_ARG[sub]: dtype} if dtype is not None and sub in _DTYPE_ARG else {}  # straight into dtype
+            part = getattr(importlib.import_module(lib), cls)  # fixed above, not by the folder
             loaded[sub] = part.from_pretrained(src, subfolder=sub, local_files_only=local, **dt)
         sched_cls = scheduler or _scheduler_class(src, local)
         loaded['scheduler'] = sched_cls.from_pretrained(src, subfolder='scheduler', local_files_only=local)
         return loaded
+
     holding = 'model_index.json and tokenizer/, text_encoder/, unet/, vae/, scheduler/ (as save_parts writes)'
     parts = SDParts(**_local_or_hub(load, name_or_path, local_files_only, 'load_parts', holding)).to(device, dtype)
-    for m in (parts.text_encoder, parts.unet, parts.vae): m.eval().requires_grad_(False)
+    for m in (parts.text_encoder, parts.unet, parts.vae):
+        m.eval().requires_grad_(False)
     return parts
 
 # %% ../nbs/09_stable_diffusion.ipynb #9b65eebd
-def prompt_lists(prompt, # a string or a list of B strings
-                 negative_prompt=None, # None (no negative prompt: ''), one string for all, or a list of B strings
-                ) -> tuple[list, list]: # (B prompts, B negative prompts)
+def prompt_lists(
+    prompt,  # a string or a list of B strings
+    negative_prompt=None,  # None (no negative prompt: ''), one string for all, or a list of B strings
+) -> tuple[list, list]:  # (B prompts, B negative prompts)
     "Prompts and negative prompts as two lists of the same length, or a ValueError naming both sizes."
     for name, value in (('prompt', prompt), ('negative_prompt', negative_prompt)):
         if not isinstance(value, (str, list, tuple)) and not (name == 'negative_prompt' and value is None):
@@ -155,18 +225,24 @@ def prompt_lists(prompt, # a string or a list of B strings
     else:
         negs = list(negative_prompt)
     if len(negs) != len(prompts):
-        raise ValueError(f"negative_prompt has {len(negs)} entries but prompt has {len(prompts)}: give one negative "
-                         f"prompt per prompt, a single string for all of them, or None")
+        raise ValueError(
+            f"negative_prompt has {len(negs)} entries but prompt has {len(prompts)}: give one negative "
+            f"prompt per prompt, a single string for all of them, or None"
+        )
     return prompts, negs
 
+
 @torch.no_grad()
-def encode_prompt(tokenizer, # the checkpoint's tokenizer
-                  text_encoder:nn.Module, # the checkpoint's text encoder
-                  prompts:list, # B strings ('' is the empty prompt)
-                 ) -> torch.Tensor: # (B, L, D) hidden states, in the text encoder's dtype and device
+def encode_prompt(
+    tokenizer,  # the checkpoint's tokenizer
+    text_encoder: nn.Module,  # the checkpoint's text encoder
+    prompts: list,  # B strings ('' is the empty prompt)
+) -> torch.Tensor:  # (B, L, D) hidden states, in the text encoder's dtype and device
     "Tokenize (padded to `model_max_length`) and encode prompts: one vector per token, what the U-Net attends to."
     prompts = check_prompts(tokenizer, prompts, allow_empty=True)
-    tok = tokenizer(prompts, padding='max_length', max_length=tokenizer.model_max_length, truncation=True, return_tensors='pt')
+    tok = tokenizer(
+        prompts, padding='max_length', max_length=tokenizer.model_max_length, truncation=True, return_tensors='pt'
+    )
     dev = next(text_encoder.parameters()).device
     mask = tok.attention_mask.to(dev) if getattr(text_encoder.config, 'use_attention_mask', False) else None
     return text_encoder(tok.input_ids.to(dev), attention_mask=mask)[0]
@@ -177,48 +253,56 @@ def _step_kwargs(scheduler, generator, eta):
     params = inspect.signature(scheduler.step).parameters
     return {k: v for k, v in (('eta', eta), ('generator', generator)) if k in params}
 
+
 @torch.no_grad()
-def denoise(unet:nn.Module, # the U-Net: (z_t, t, encoder_hidden_states) -> eps_hat
-            scheduler, # a diffusers scheduler whose timesteps are set
-            latents:torch.Tensor, # (B, C, h, w) the starting latents z_t at timesteps[0]
-            timesteps:torch.Tensor, # the timesteps to visit, from the scheduler
-            cond:torch.Tensor, # (B, L, D) hidden states of the prompts
-            uncond:torch.Tensor|None=None, # (B, L, D) of the negative prompts; None: no guidance
-            guidance_scale:float=7.5, # s >= 0 of eq. (1), diffusers' convention (1: the conditional model)
-            *, generator:torch.Generator|None=None, # fresh noise for stochastic schedulers
-            eta:float=0., # DDIM's eta (used only by schedulers that take it)
-            callback=None, # called after each step with dict(i, t, latents, x0_hat)
-            progress:bool=False, # show a progress bar
-           ) -> torch.Tensor: # (B, C, h, w) the final latents z_0
+def denoise(
+    unet: nn.Module,  # the U-Net: (z_t, t, encoder_hidden_states) -> eps_hat
+    scheduler,  # a diffusers scheduler whose timesteps are set
+    latents: torch.Tensor,  # (B, C, h, w) the starting latents z_t at timesteps[0]
+    timesteps: torch.Tensor,  # the timesteps to visit, from the scheduler
+    cond: torch.Tensor,  # (B, L, D) hidden states of the prompts
+    uncond: torch.Tensor | None = None,  # (B, L, D) of the negative prompts; None: no guidance
+    guidance_scale: float = 7.5,  # s >= 0 of eq. (1), diffusers' convention (1: the conditional model)
+    *,
+    generator: torch.Generator | None = None,  # fresh noise for stochastic schedulers
+    eta: float = 0.0,  # DDIM's eta (used only by schedulers that take it)
+    callback=None,  # called after each step with dict(i, t, latents, x0_hat)
+    progress: bool = False,  # show a progress bar
+) -> torch.Tensor:  # (B, C, h, w) the final latents z_0
     "The sampling loop: classifier-free guided noise prediction (eq. 1), then one scheduler step, for each timestep."
     guidance_scale, eta = check_scale(guidance_scale), check_number(eta, 'eta', 0, 1)
     if not torch.is_tensor(cond) or cond.ndim != 3 or not torch.is_tensor(latents) or len(cond) != len(latents):
-        raise ValueError(f"cond must be (B, L, D) hidden states for the B = {len(latents)} latents, got "
-                         f"{_shape_of(cond)}")
+        raise ValueError(
+            f"cond must be (B, L, D) hidden states for the B = {len(latents)} latents, got {_shape_of(cond)}"
+        )
     if uncond is not None and (not torch.is_tensor(uncond) or uncond.shape != cond.shape):
         got = _shape_of(uncond)
         raise ValueError(f"uncond must have the shape of cond, {tuple(cond.shape)}, got {got}")
     kw = _step_kwargs(scheduler, generator, eta)
-    context = cond if uncond is None else torch.cat([uncond, cond])           # (B or 2B, L, D)
+    context = cond if uncond is None else torch.cat([uncond, cond])  # (B or 2B, L, D)
     for i, t in enumerate(progress_bar(timesteps, leave=False) if progress else timesteps):
-        z_in = latents if uncond is None else torch.cat([latents, latents])   # (B or 2B, C, h, w)
+        z_in = latents if uncond is None else torch.cat([latents, latents])  # (B or 2B, C, h, w)
         z_in = scheduler.scale_model_input(z_in, t)
         eps = unet(z_in, t, encoder_hidden_states=context).sample
-        if uncond is not None: eps = cfg_combine(*eps.chunk(2), guidance_scale)   # eq. (1)
+        if uncond is not None:
+            eps = cfg_combine(*eps.chunk(2), guidance_scale)  # eq. (1)
         out = scheduler.step(eps, t, latents, **kw)
         latents = out.prev_sample
-        if callback is not None: callback(dict(i=i, t=t, latents=latents, x0_hat=getattr(out, 'pred_original_sample', None)))
+        if callback is not None:
+            callback(dict(i=i, t=t, latents=latents, x0_hat=getattr(out, 'pred_original_sample', None)))
     return latents
 
 # %% ../nbs/09_stable_diffusion.ipynb #fe515352
-def vae_factor(vae:nn.Module) -> int:
+def vae_factor(vae: nn.Module) -> int:
     "How much the VAE shrinks each side: 2 ** (number of levels - 1) (8 for Stable Diffusion, 4 for the glyph VAE)."
     return 2 ** (len(vae.config.block_out_channels) - 1)
 
+
 @torch.no_grad()
-def decode_latents(vae:nn.Module, # the checkpoint's VAE
-                   latents:torch.Tensor, # (B, C, h, w) scaled latents, C = vae.config.latent_channels
-                  ) -> torch.Tensor: # (B, c, f h, f w) images in [-1, 1]
+def decode_latents(
+    vae: nn.Module,  # the checkpoint's VAE
+    latents: torch.Tensor,  # (B, C, h, w) scaled latents, C = vae.config.latent_channels
+) -> torch.Tensor:  # (B, c, f h, f w) images in [-1, 1]
     "Undo the latent scaling and decode to pixels, clamped to [-1, 1]."
     C = vae.config.latent_channels
     if not torch.is_tensor(latents) or latents.ndim != 4 or latents.shape[1] != C:
@@ -227,16 +311,26 @@ def decode_latents(vae:nn.Module, # the checkpoint's VAE
     p = next(vae.parameters())
     return vae.decode(latents.to(p.device, p.dtype) / vae.config.scaling_factor).sample.clamp(-1, 1)
 
+
 @torch.no_grad()
-def encode_images(vae:nn.Module, # the checkpoint's VAE
-                  images:torch.Tensor, # (B, c, H, W) images in [-1, 1], H and W multiples of `vae_factor(vae)`
-                  generator:torch.Generator|None=None, # to sample the posterior; None: its mean, no randomness
-                 ) -> torch.Tensor: # (B, C, H/f, W/f) scaled latents
+def encode_images(
+    vae: nn.Module,  # the checkpoint's VAE
+    images: torch.Tensor,  # (B, c, H, W) images in [-1, 1], H and W multiples of `vae_factor(vae)`
+    generator: torch.Generator | None = None,  # to sample the posterior; None: its mean, no randomness
+) -> torch.Tensor:  # (B, C, H/f, W/f) scaled latents
     "Encode images to scaled latents: a sample of the VAE's posterior (or its mean) times `scaling_factor`."
     c, f = vae.config.in_channels, vae_factor(vae)
-    if not torch.is_tensor(images) or images.ndim != 4 or images.shape[1] != c or images.shape[2] % f or images.shape[3] % f:
+    if (
+        not torch.is_tensor(images)
+        or images.ndim != 4
+        or images.shape[1] != c
+        or images.shape[2] % f
+        or images.shape[3] % f
+    ):
         shape = tuple(images.shape) if hasattr(images, 'shape') else type(images).__name__
-        raise ValueError(f"encode_images: this VAE takes images of shape (B, {c}, H, W) with H and W multiples of {f}, got {shape}")
+        raise ValueError(
+            f"encode_images: this VAE takes images of shape (B, {c}, H, W) with H and W multiples of {f}, got {shape}"
+        )
     p = next(vae.parameters())
     post = vae.encode(images.to(p.device, p.dtype)).latent_dist
     z = post.mean if generator is None else post.sample(generator)
@@ -245,16 +339,22 @@ def encode_images(vae:nn.Module, # the checkpoint's VAE
 # %% ../nbs/09_stable_diffusion.ipynb #a2f7afb2
 def _noise(shape, generator, device, dtype):
     "Standard normal noise drawn on the generator's device (a fresh random seed when there is no generator)."
-    if generator is None: generator = torch.Generator(); generator.seed()        # never touches the global generator
+    if generator is None:
+        generator = torch.Generator()
+        generator.seed()  # never touches the global generator
     return torch.randn(shape, generator=generator, device=generator.device).to(device, dtype)
+
 
 def _check_sampling(steps, guidance_scale, eta, generator, scheduler) -> tuple:
     "The pipelines' step count, scale and eta, checked; and that the generator is one."
     if generator is not None and not isinstance(generator, torch.Generator):
-        raise TypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__} "
-                        f"(for a seed, pass torch.Generator().manual_seed(seed))")
+        raise TypeError(
+            f"generator must be a torch.Generator or None, got {type(generator).__name__} "
+            f"(for a seed, pass torch.Generator().manual_seed(seed))"
+        )
     T = scheduler.config.num_train_timesteps
     return check_number(steps, 'steps', 1, T, integer=True), check_scale(guidance_scale), check_number(eta, 'eta', 0, 1)
+
 
 def _guidance_parts(parts, prompt, negative_prompt, guidance_scale):
     "The prompts' hidden states, and the negative prompts' unless s = 1 (where eq. 1 does not use them)."
@@ -265,19 +365,22 @@ def _guidance_parts(parts, prompt, negative_prompt, guidance_scale):
 
 # %% ../nbs/09_stable_diffusion.ipynb #067ecddf
 @torch.no_grad()
-def text_to_image(parts:SDParts, # the five parts
-                  prompt, # a string or a list of B strings
-                  negative_prompt=None, # None, one string, or a list of B strings
-                  *, steps:int=50, # sampling steps
-                  guidance_scale:float=7.5, # s >= 0 of eq. (1): 1 the conditional model alone, > 1 guided
-                  height:int|None=None, width:int|None=None, # image size; None: the U-Net's sample_size times f
-                  generator:torch.Generator|None=None, # source of all randomness (noise, stochastic steps)
-                  eta:float=0., # DDIM's eta, in [0, 1]
-                  latents:torch.Tensor|None=None, # (B, C, h, w) starting noise to use instead of drawing it
-                  callback=None, # called after each step with dict(i, t, latents, x0_hat)
-                  decode:bool=True, # False: return the final latents instead of images
-                  progress:bool=False, # show a progress bar
-                 ) -> torch.Tensor: # (B, c, H, W) images in [-1, 1] (or (B, C, h, w) latents)
+def text_to_image(
+    parts: SDParts,  # the five parts
+    prompt,  # a string or a list of B strings
+    negative_prompt=None,  # None, one string, or a list of B strings
+    *,
+    steps: int = 50,  # sampling steps
+    guidance_scale: float = 7.5,  # s >= 0 of eq. (1): 1 the conditional model alone, > 1 guided
+    height: int | None = None,
+    width: int | None = None,  # image size; None: the U-Net's sample_size times f
+    generator: torch.Generator | None = None,  # source of all randomness (noise, stochastic steps)
+    eta: float = 0.0,  # DDIM's eta, in [0, 1]
+    latents: torch.Tensor | None = None,  # (B, C, h, w) starting noise to use instead of drawing it
+    callback=None,  # called after each step with dict(i, t, latents, x0_hat)
+    decode: bool = True,  # False: return the final latents instead of images
+    progress: bool = False,  # show a progress bar
+) -> torch.Tensor:  # (B, c, H, W) images in [-1, 1] (or (B, C, h, w) latents)
     "Text to image: encode the prompts, denoise random latents with guidance, decode."
     steps, guidance_scale, eta = _check_sampling(steps, guidance_scale, eta, generator, parts.scheduler)
     f, size = vae_factor(parts.vae), parts.unet.config.sample_size
@@ -294,71 +397,106 @@ def text_to_image(parts:SDParts, # the five parts
     elif not torch.is_tensor(latents) or tuple(latents.shape) != shape or not latents.is_floating_point():
         raise ValueError(f"latents must be a float tensor of shape {shape}, got {_shape_of(latents)}")
     latents = latents.to(parts.device, cond.dtype) * sch.init_noise_sigma
-    latents = denoise(parts.unet, sch, latents, sch.timesteps, cond, uncond, guidance_scale,
-                      generator=generator, eta=eta, callback=callback, progress=progress)
+    latents = denoise(
+        parts.unet,
+        sch,
+        latents,
+        sch.timesteps,
+        cond,
+        uncond,
+        guidance_scale,
+        generator=generator,
+        eta=eta,
+        callback=callback,
+        progress=progress,
+    )
     return decode_latents(parts.vae, latents) if decode else latents
 
 # %% ../nbs/09_stable_diffusion.ipynb #f39b87ae
 @torch.no_grad()
-def image_to_image(parts:SDParts, # the five parts
-                   image:torch.Tensor, # (B, c, H, W) images in [-1, 1]
-                   prompt, # a string or a list of B strings
-                   negative_prompt=None, # None, one string, or a list of B strings
-                   *, strength:float=0.8, # in [0, 1]: how much of the schedule to run (how much of the image to forget)
-                   steps:int=50, # steps of the full schedule; int(steps * strength) of them are run
-                   guidance_scale:float=7.5, # s >= 0 of eq. (1)
-                   generator:torch.Generator|None=None, # source of the posterior sample, the noise and stochastic steps
-                   eta:float=0., # DDIM's eta
-                   callback=None, # called after each step with dict(i, t, latents, x0_hat)
-                   progress:bool=False,
-                  ) -> torch.Tensor: # (B, c, H, W) images in [-1, 1]
-    "SDEdit: encode `image`, noise it to the timestep `strength` of the way back (eq. 2), denoise with the prompt, decode."
+def image_to_image(
+    parts: SDParts,  # the five parts
+    image: torch.Tensor,  # (B, c, H, W) images in [-1, 1]
+    prompt,  # a string or a list of B strings
+    negative_prompt=None,  # None, one string, or a list of B strings
+    *,
+    strength: float = 0.8,  # in [0, 1]: how much of the schedule to run (how much of the image to forget)
+    steps: int = 50,  # steps of the full schedule; int(steps * strength) of them are run
+    guidance_scale: float = 7.5,  # s >= 0 of eq. (1)
+    generator: torch.Generator | None = None,  # source of the posterior sample, the noise and stochastic steps
+    eta: float = 0.0,  # DDIM's eta
+    callback=None,  # called after each step with dict(i, t, latents, x0_hat)
+    progress: bool = False,
+) -> torch.Tensor:  # (B, c, H, W) images in [-1, 1]
+    "SDEdit: encode `image`, noise it to timestep `strength` of the way back (eq. 2), denoise with the prompt, decode."
     check_number(strength, 'strength (0 keeps the image, 1 starts from noise)', 0, 1)
     steps, guidance_scale, eta = _check_sampling(steps, guidance_scale, eta, generator, parts.scheduler)
     cond, uncond = _guidance_parts(parts, prompt, negative_prompt, guidance_scale)
-    if len(image) != len(cond): raise ValueError(f"got {len(image)} images for {len(cond)} prompts")
+    if len(image) != len(cond):
+        raise ValueError(f"got {len(image)} images for {len(cond)} prompts")
     sch = parts.scheduler
     sch.set_timesteps(steps, device=parts.device)
     start = (steps - min(int(steps * strength), steps)) * sch.order
     timesteps = sch.timesteps[start:]
-    if hasattr(sch, 'set_begin_index'): sch.set_begin_index(start)
-    if generator is None: generator = torch.Generator(); generator.seed()
-    z0 = encode_images(parts.vae, image, generator)                             # a posterior sample, scaled
-    if len(timesteps) == 0: return decode_latents(parts.vae, z0)
+    if hasattr(sch, 'set_begin_index'):
+        sch.set_begin_index(start)
+    if generator is None:
+        generator = torch.Generator()
+        generator.seed()
+    z0 = encode_images(parts.vae, image, generator)  # a posterior sample, scaled
+    if len(timesteps) == 0:
+        return decode_latents(parts.vae, z0)
     noise = _noise(z0.shape, generator, parts.device, z0.dtype)
-    latents = sch.add_noise(z0, noise, timesteps[:1].repeat(len(z0)))           # eq. (2)
-    latents = denoise(parts.unet, sch, latents, timesteps, cond, uncond, guidance_scale,
-                      generator=generator, eta=eta, callback=callback, progress=progress)
+    latents = sch.add_noise(z0, noise, timesteps[:1].repeat(len(z0)))  # eq. (2)
+    latents = denoise(
+        parts.unet,
+        sch,
+        latents,
+        timesteps,
+        cond,
+        uncond,
+        guidance_scale,
+        generator=generator,
+        eta=eta,
+        callback=callback,
+        progress=progress,
+    )
     return decode_latents(parts.vae, latents)
 
 # %% ../nbs/09_stable_diffusion.ipynb #9de944ca
-def vae_kl(mean:torch.Tensor, # (B, C, h, w) posterior means mu
-           logvar:torch.Tensor, # (B, C, h, w) posterior log-variances log sigma^2
-          ) -> torch.Tensor: # (B,) KL(q(z|x) || N(0, I)) per image
+def vae_kl(
+    mean: torch.Tensor,  # (B, C, h, w) posterior means mu
+    logvar: torch.Tensor,  # (B, C, h, w) posterior log-variances log sigma^2
+) -> torch.Tensor:  # (B,) KL(q(z|x) || N(0, I)) per image
     "KL divergence of a diagonal Gaussian from the standard normal, summed over latent dimensions (eq. 3)."
-    return 0.5 * (mean ** 2 + logvar.exp() - 1 - logvar).flatten(1).sum(1)        # eq. (3)
+    return 0.5 * (mean**2 + logvar.exp() - 1 - logvar).flatten(1).sum(1)  # eq. (3)
 
-def vae_loss_fn(kl_weight:float=1e-5, # beta of eq. (3)
-                generator:torch.Generator|None=None, # randomness of the posterior sample (None: torch's global generator)
-               ):
-    "A `loss_fn(vae, batch)` for `train`: L1 reconstruction of a posterior sample plus `kl_weight` times the KL (eq. 3)."
+
+def vae_loss_fn(
+    kl_weight: float = 1e-5,  # beta of eq. (3)
+    generator: torch.Generator | None = None,  # randomness of the posterior sample (None: torch's global generator)
+):
+    "A `loss_fn(vae, batch)` for `train`: L1 reconstruction of a posterior sample plus `kl_weight` times KL (eq. 3)."
     check_number(kl_weight, 'kl_weight', 0)
+
     def loss_fn(vae, batch):
-        x = batch[0]                                                               # (B, 1, H, W) in [-1, 1]
+        x = batch[0]  # (B, 1, H, W) in [-1, 1]
         post = vae.encode(x).latent_dist
         gdev = generator.device if generator is not None else x.device
         z = post.mean + post.std * torch.randn(post.mean.shape, generator=generator, device=gdev).to(x.device)
         recon = vae.decode(z).sample
-        return (recon - x).abs().mean() + kl_weight * vae_kl(post.mean, post.logvar).mean()   # eq. (3)
+        return (recon - x).abs().mean() + kl_weight * vae_kl(post.mean, post.logvar).mean()  # eq. (3)
+
     return loss_fn
 
 # %% ../nbs/09_stable_diffusion.ipynb #57fea364
 @torch.no_grad()
-def fit_scaling_factor(vae:nn.Module, # a trained VAE
-                       images:torch.Tensor, # (N, c, H, W) training images in [-1, 1]
-                       generator:torch.Generator|None=None, # for the posterior samples
-                       batch_size:int=500,
-                      ) -> float: # 1 / std of the latents; also written into vae.config.scaling_factor
+def fit_scaling_factor(
+    vae: nn.Module,  # a trained VAE
+    images: torch.Tensor,  # (N, c, H, W) training images in [-1, 1]
+    generator: torch.Generator | None = None,  # for the posterior samples
+    batch_size: int = 500,
+) -> float:  # 1 / std of the latents; also written into vae.config.scaling_factor
     "Set the VAE's `scaling_factor` to 1 / std of posterior samples of `images` (as Rombach et al. 2022 do)."
     if not torch.is_tensor(images) or images.ndim != 4 or len(images) < 2:
         got = _shape_of(images)
@@ -366,7 +504,7 @@ def fit_scaling_factor(vae:nn.Module, # a trained VAE
     check_number(batch_size, 'batch_size', 1, integer=True)
     vae.register_to_config(scaling_factor=1.0)
     g = generator if generator is not None else torch.Generator().manual_seed(0)
-    z = torch.cat([encode_images(vae, images[i:i + batch_size], g) for i in range(0, len(images), batch_size)])
+    z = torch.cat([encode_images(vae, images[i : i + batch_size], g) for i in range(0, len(images), batch_size)])
     scale = 1 / z.float().std().item()
     vae.register_to_config(scaling_factor=scale)
     return scale
@@ -374,93 +512,120 @@ def fit_scaling_factor(vae:nn.Module, # a trained VAE
 # %% ../nbs/09_stable_diffusion.ipynb #58c28096
 GLYPH_VAE, GLYPH_SD = 'glyph_vae.safetensors', 'glyph_sd.safetensors'
 
+
 def _config_json(model) -> str:
     "A diffusers model's config as JSON (without the private keys)."
     return json.dumps({k: v for k, v in dict(model.config).items() if not k.startswith('_')})
 
-def save_glyph_vae(vae:nn.Module, path, **info):
+
+def save_glyph_vae(vae: nn.Module, path, **info):
     "Ship a glyph VAE: weights in float16, its config (with the scaling factor) and `info` in the metadata."
     meta = dict(format='diffcourse.sd-vae/1', config=_config_json(vae), **info)
     return save_safetensors({k: v.half() for k, v in vae.state_dict().items()}, path, metadata=meta)
 
-def load_glyph_vae(path=None, # a file written by `save_glyph_vae`; None: the one shipped with the course
-                   device='cpu') -> nn.Module:
+
+def load_glyph_vae(
+    path=None,  # a file written by `save_glyph_vae`; None: the one shipped with the course
+    device='cpu',
+) -> nn.Module:
     "The glyph VAE (a diffusers `AutoencoderKL` in eval mode, float32, frozen); the file is checked first."
     from diffusers import AutoencoderKL
+
     path = Path(path) if path is not None else weights_path(GLYPH_VAE)
     tensors, meta = load_safetensors(path)
     _check_format(meta, 'diffcourse.sd-vae/1', path, 'a VAE written by save_glyph_vae')
     config = _meta_json(meta, 'config', path)
     _check_config(config, _init_keys(AutoencoderKL), path, 'AutoencoderKL', len(tensors))
-    vae = _build_checked(lambda: AutoencoderKL.from_config(config), {k: v.float() for k, v in tensors.items()}, path,
-                         'AutoencoderKL')
+    vae = _build_checked(
+        lambda: AutoencoderKL.from_config(config), {k: v.float() for k, v in tensors.items()}, path, 'AutoencoderKL'
+    )
     return vae.to(device).eval().requires_grad_(False)
 
 # %% ../nbs/09_stable_diffusion.ipynb #a1dfd7da
 @torch.no_grad()
-def latent_dataset(vae:nn.Module, # the trained, frozen VAE (with its scaling factor set)
-                   images:torch.Tensor, # (N, c, H, W) training images in [-1, 1]
-                   batch_size:int=500,
-                  ) -> torch.utils.data.TensorDataset: # rows (mu (C, h, w), sigma (C, h, w), index of the image)
+def latent_dataset(
+    vae: nn.Module,  # the trained, frozen VAE (with its scaling factor set)
+    images: torch.Tensor,  # (N, c, H, W) training images in [-1, 1]
+    batch_size: int = 500,
+) -> torch.utils.data.TensorDataset:  # rows (mu (C, h, w), sigma (C, h, w), index of the image)
     "The scaled posterior mean and std of every image, and its index (to look its caption up)."
     check_number(batch_size, 'batch_size', 1, integer=True)
     p = next(vae.parameters())
     mus, sigmas = [], []
     for i in range(0, len(images), batch_size):
-        post = vae.encode(images[i:i + batch_size].to(p.device, p.dtype)).latent_dist
-        mus.append(post.mean * vae.config.scaling_factor); sigmas.append(post.std * vae.config.scaling_factor)
+        post = vae.encode(images[i : i + batch_size].to(p.device, p.dtype)).latent_dist
+        mus.append(post.mean * vae.config.scaling_factor)
+        sigmas.append(post.std * vae.config.scaling_factor)
     return torch.utils.data.TensorDataset(torch.cat(mus).cpu(), torch.cat(sigmas).cpu(), torch.arange(len(images)))
 
 # %% ../nbs/09_stable_diffusion.ipynb #e8c01405
-def latent_loss_fn(tokenizer, # the text encoder's tokenizer
-                   text_encoder:nn.Module, # the frozen text encoder tau of eq. (4)
-                   captions:list, # the N captions, indexed by the dataset's third column
-                   schedule:Schedule, # the noise schedule (Stable Diffusion's: `Schedule.from_name('scaled_linear', 1000)`)
-                   p_uncond:float=0.1, # probability of replacing the caption by '' (classifier-free guidance)
-                   p_drop:float=0.5, # probability of dropping each style word from a caption
-                   generator:torch.Generator|None=None, # randomness of caption dropping, posterior samples, t and eps
-                  ):
-    "A `loss_fn(unet, batch)` for `train`: the noise-prediction loss of eq. (4) on posterior samples, conditioned on captions."
+def latent_loss_fn(
+    tokenizer,  # the text encoder's tokenizer
+    text_encoder: nn.Module,  # the frozen text encoder tau of eq. (4)
+    captions: list,  # the N captions, indexed by the dataset's third column
+    schedule: Schedule,  # the noise schedule (Stable Diffusion's: `Schedule.from_name('scaled_linear', 1000)`)
+    p_uncond: float = 0.1,  # probability of replacing the caption by '' (classifier-free guidance)
+    p_drop: float = 0.5,  # probability of dropping each style word from a caption
+    generator: torch.Generator | None = None,  # randomness of caption dropping, posterior samples, t and eps
+):
+    "A `loss_fn(unet, batch)` for `train`: noise-prediction loss (eq. 4) on posterior samples, conditioned on captions."
     check_number(p_uncond, 'p_uncond', 0, 1)
     check_number(p_drop, 'p_drop', 0, 1)
     if isinstance(captions, str) or not captions or not all(isinstance(c, str) for c in captions):
         raise TypeError(f"captions must be a non-empty list of strings, got {captions!r:.60}")
     cache = {}
-    def context(texts, device):                                                  # (B, L, D) hidden states
+
+    def context(texts, device):  # (B, L, D) hidden states
         new = sorted({t for t in texts if t not in cache})
-        if new: cache.update(zip(new, encode_prompt(tokenizer, text_encoder, new).float().cpu()))
+        if new:
+            cache.update(zip(new, encode_prompt(tokenizer, text_encoder, new).float().cpu()))
         return torch.stack([cache[t] for t in texts]).to(device)
+
     def loss_fn(unet, batch):
-        mu, sigma, idx = batch                                                  # (B, C, h, w), (B, C, h, w), (B,)
+        mu, sigma, idx = batch  # (B, C, h, w), (B, C, h, w), (B,)
         u = torch.rand(len(idx), generator=generator).tolist()
-        texts = ['' if ui < p_uncond else drop_style_words(captions[i], p_drop, generator) for ui, i in zip(u, idx.tolist())]
+        texts = [
+            '' if ui < p_uncond else drop_style_words(captions[i], p_drop, generator) for ui, i in zip(u, idx.tolist())
+        ]
         gdev = generator.device if generator is not None else mu.device
-        z0 = mu + sigma * torch.randn(mu.shape, generator=generator, device=gdev).to(mu.device)   # a posterior sample
+        z0 = mu + sigma * torch.randn(mu.shape, generator=generator, device=gdev).to(mu.device)  # a posterior sample
         net = lambda z_t, t, context: unet(z_t, t, encoder_hidden_states=context).sample
         return ddpm_loss(net, z0, schedule, 'eps', generator, context=context(texts, mu.device))  # eq. (4)
+
     return loss_fn
 
 # %% ../nbs/09_stable_diffusion.ipynb #c26f99f8
-def save_glyph_sd(unet:nn.Module, # the trained U-Net
-                  text_encoder:nn.Module, # the CLIPTextModel it was trained with
-                  tokenizer_files:dict, # the tokenizer as {'vocab': json, 'merges': json, 'model_max_length': str}
-                  path, **info):
+def save_glyph_sd(
+    unet: nn.Module,  # the trained U-Net
+    text_encoder: nn.Module,  # the CLIPTextModel it was trained with
+    tokenizer_files: dict,  # the tokenizer as {'vocab': json, 'merges': json, 'model_max_length': str}
+    path,
+    **info,
+):
     "Ship a glyph U-Net with its text encoder and tokenizer: float16 weights, configs and `info` in the metadata."
-    tensors = {**{f'unet.{k}': v.half() for k, v in unet.state_dict().items()},
-               **{f'text_encoder.{k}': v.half() for k, v in text_encoder.state_dict().items()}}
-    meta = dict(format='diffcourse.sd-unet/1', unet_config=_config_json(unet), text_config=text_encoder.config.to_json_string(),
-                **{k: str(tokenizer_files[k]) for k in ('vocab', 'merges', 'model_max_length')},
-                **info)                                                                         # non-strings stored as JSON
+    tensors = {
+        **{f'unet.{k}': v.half() for k, v in unet.state_dict().items()},
+        **{f'text_encoder.{k}': v.half() for k, v in text_encoder.state_dict().items()},
+    }
+    meta = dict(
+        format='diffcourse.sd-unet/1',
+        unet_config=_config_json(unet),
+        text_config=text_encoder.config.to_json_string(),
+        **{k: str(tokenizer_files[k]) for k in ('vocab', 'merges', 'model_max_length')},
+        **info,
+    )  # non-strings stored as JSON
     return save_safetensors(tensors, path, metadata=meta)
 
 # %% ../nbs/09_stable_diffusion.ipynb #79b0e6bf
-def load_glyph_sd(path=None, # a file written by `save_glyph_sd`; None: the one shipped with the course
-                  vae_path=None, # a file written by `save_glyph_vae`; None: the one shipped
-                  device='cpu',
-                 ) -> SDParts:
+def load_glyph_sd(
+    path=None,  # a file written by `save_glyph_sd`; None: the one shipped with the course
+    vae_path=None,  # a file written by `save_glyph_vae`; None: the one shipped
+    device='cpu',
+) -> SDParts:
     "The glyph Stable Diffusion: tokenizer, text encoder, U-Net, VAE and DDIM scheduler, in eval mode and frozen."
     from diffusers import UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
+
     path = Path(path) if path is not None else weights_path(GLYPH_SD)
     tensors, meta = load_safetensors(path)
     _check_format(meta, 'diffcourse.sd-unet/1', path, 'a U-Net written by save_glyph_sd')
@@ -470,7 +635,7 @@ def load_glyph_sd(path=None, # a file written by `save_glyph_sd`; None: the one 
     other = sorted(k for k in tensors if not k.startswith(('unet.', 'text_encoder.')))
     if other:
         raise ValueError(f"{str(path)!r}: tensors {other[:3]} belong to neither 'unet.' nor 'text_encoder.'")
-    part = lambda prefix: {k[len(prefix):]: v.float() for k, v in tensors.items() if k.startswith(prefix)}
+    part = lambda prefix: {k[len(prefix) :]: v.float() for k, v in tensors.items() if k.startswith(prefix)}
     make_unet = lambda: UNet2DConditionModel.from_config(unet_cfg)
     unet = _build_checked(make_unet, part('unet.'), path, 'UNet2DConditionModel')
     make_text = lambda: CLIPTextModel(CLIPTextConfig.from_dict(text_cfg))
@@ -481,5 +646,6 @@ def load_glyph_sd(path=None, # a file written by `save_glyph_sd`; None: the one 
     tc = text_encoder.config
     tokenizer = _tokenizer_from_meta(meta, path, tc.vocab_size, tc.max_position_embeddings)
     parts = SDParts(tokenizer, text_encoder, unet, load_glyph_vae(vae_path), glyph_scheduler()).to(device)
-    for m in (parts.text_encoder, parts.unet, parts.vae): m.eval().requires_grad_(False)
+    for m in (parts.text_encoder, parts.unet, parts.vae):
+        m.eval().requires_grad_(False)
     return parts

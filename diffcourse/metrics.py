@@ -22,79 +22,100 @@ __all__ = ['CLASSIFIERS', 'FID_N', 'sqrtm_psd', 'frechet_distance', 'feature_sta
            'sliced_wasserstein']
 
 # %% ../nbs/06_metrics.ipynb #80a3d12b
-def sqrtm_psd(a:torch.Tensor, # (D, D) symmetric positive semi-definite matrix
-             ) -> torch.Tensor: # (D, D) its symmetric square root
+def sqrtm_psd(
+    a: torch.Tensor,  # (D, D) symmetric positive semi-definite matrix
+) -> torch.Tensor:  # (D, D) its symmetric square root
     "Square root of a symmetric PSD matrix by eigendecomposition; eigenvalues below 0 (rounding) are clipped."
-    lam, V = torch.linalg.eigh((a + a.mT) / 2)                # a = V diag(lam) V^T
+    lam, V = torch.linalg.eigh((a + a.mT) / 2)  # a = V diag(lam) V^T
     return (V * lam.clamp(min=0).sqrt()) @ V.mT
 
-def _as64(x, name:str) -> torch.Tensor:
+
+def _as64(x, name: str) -> torch.Tensor:
     "A float64 CPU tensor from a tensor or array, with a clear error for NaN/inf."
     t = torch.as_tensor(np.asarray(x) if not torch.is_tensor(x) else x).detach().to('cpu', torch.float64)
-    if not torch.isfinite(t).all(): raise ValueError(f"{name} contains NaN or inf values")
+    if not torch.isfinite(t).all():
+        raise ValueError(f"{name} contains NaN or inf values")
     return t
 
-def frechet_distance(mu1, # (D,) mean of the first Gaussian
-                     sigma1, # (D, D) its covariance
-                     mu2, # (D,) mean of the second Gaussian
-                     sigma2, # (D, D) its covariance
-                    ) -> float: # the squared Fréchet distance d^2 of eq. (1), >= 0
+
+def frechet_distance(
+    mu1,  # (D,) mean of the first Gaussian
+    sigma1,  # (D, D) its covariance
+    mu2,  # (D,) mean of the second Gaussian
+    sigma2,  # (D, D) its covariance
+) -> float:  # the squared Fréchet distance d^2 of eq. (1), >= 0
     "Squared Fréchet distance between N(mu1, sigma1) and N(mu2, sigma2), in float64 via eq. (2)."
-    mu1, sigma1, mu2, sigma2 = (_as64(v, n) for v, n in zip((mu1, sigma1, mu2, sigma2), ('mu1', 'sigma1', 'mu2', 'sigma2')))
+    mu1, sigma1, mu2, sigma2 = (
+        _as64(v, n) for v, n in zip((mu1, sigma1, mu2, sigma2), ('mu1', 'sigma1', 'mu2', 'sigma2'))
+    )
     D = mu1.shape[-1] if mu1.ndim == 1 else None
     if D is None or mu2.shape != (D,) or sigma1.shape != (D, D) or sigma2.shape != (D, D):
-        raise ValueError(f"frechet_distance wants mu (D,) and sigma (D, D) for both Gaussians; got mu1 {tuple(mu1.shape)}, "
-                         f"sigma1 {tuple(sigma1.shape)}, mu2 {tuple(mu2.shape)}, sigma2 {tuple(sigma2.shape)}")
-    r1 = sqrtm_psd(sigma1)                                     # sigma1^(1/2)
-    M = r1 @ sigma2 @ r1                                       # symmetric PSD, eq. (2)
-    tr_covmean = torch.linalg.eigvalsh((M + M.mT) / 2).clamp(min=0).sqrt().sum()   # Tr (sigma1 sigma2)^(1/2), eq. (2)
-    d2 = ((mu1 - mu2) ** 2).sum() + sigma1.trace() + sigma2.trace() - 2 * tr_covmean   # eq. (1)
-    return max(float(d2), 0.)
+        raise ValueError(
+            f"frechet_distance wants mu (D,) and sigma (D, D) for both Gaussians; got mu1 {tuple(mu1.shape)}, "
+            f"sigma1 {tuple(sigma1.shape)}, mu2 {tuple(mu2.shape)}, sigma2 {tuple(sigma2.shape)}"
+        )
+    r1 = sqrtm_psd(sigma1)  # sigma1^(1/2)
+    M = r1 @ sigma2 @ r1  # symmetric PSD, eq. (2)
+    tr_covmean = torch.linalg.eigvalsh((M + M.mT) / 2).clamp(min=0).sqrt().sum()  # Tr (sigma1 sigma2)^(1/2), eq. (2)
+    d2 = ((mu1 - mu2) ** 2).sum() + sigma1.trace() + sigma2.trace() - 2 * tr_covmean  # eq. (1)
+    return max(float(d2), 0.0)
 
 # %% ../nbs/06_metrics.ipynb #5e4beef6
-def feature_stats(features:torch.Tensor, # (N, D) one feature vector per sample
-                 ) -> tuple[torch.Tensor, torch.Tensor]: # mu (D,), sigma (D, D), float64 on the CPU
+def feature_stats(
+    features: torch.Tensor,  # (N, D) one feature vector per sample
+) -> tuple[torch.Tensor, torch.Tensor]:  # mu (D,), sigma (D, D), float64 on the CPU
     "Mean and unbiased covariance of a set of feature vectors."
     f = _as64(features, 'features')
-    if f.ndim != 2 or f.shape[0] < 2: raise ValueError(f"feature_stats wants (N, D) features with N >= 2, got shape {tuple(f.shape)}")
-    mu = f.mean(0)                                              # (D,)
-    fc = f - mu                                                 # (N, D)
-    return mu, fc.T @ fc / (f.shape[0] - 1)                     # (D,), (D, D)
+    if f.ndim != 2 or f.shape[0] < 2:
+        raise ValueError(f"feature_stats wants (N, D) features with N >= 2, got shape {tuple(f.shape)}")
+    mu = f.mean(0)  # (D,)
+    fc = f - mu  # (N, D)
+    return mu, fc.T @ fc / (f.shape[0] - 1)  # (D,), (D, D)
 
 # %% ../nbs/06_metrics.ipynb #519a2b5d
-def _conv_bn_relu(c_in:int, c_out:int, stride:int=1) -> nn.Sequential:
+def _conv_bn_relu(c_in: int, c_out: int, stride: int = 1) -> nn.Sequential:
     return nn.Sequential(nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU())
+
 
 @register_architecture
 class SmallCNN(nn.Module):
     "A small classifier for (B, 1, 16, 16) images in [-1, 1]; `features(x)` are the activations FID uses."
-    def __init__(self, num_classes:int=10, # number of classes (10 digits, 62 glyphs)
-                 width:int=32, # channels of the first convolutions (doubled after the first downsampling)
-                 n_features:int=64): # size of the pooled feature vector
+
+    def __init__(
+        self,
+        num_classes: int = 10,  # number of classes (10 digits, 62 glyphs)
+        width: int = 32,  # channels of the first convolutions (doubled after the first downsampling)
+        n_features: int = 64,
+    ):  # size of the pooled feature vector
         super().__init__()
         for name, v in dict(num_classes=num_classes, width=width, n_features=n_features).items():
             check_number(v, f'SmallCNN: {name}', 1, integer=True)
         self.config = dict(num_classes=num_classes, width=width, n_features=n_features)
         w = width
-        self.body = nn.Sequential(_conv_bn_relu(1, w), _conv_bn_relu(w, w),       # (B, w, 16, 16)
-                                  _conv_bn_relu(w, 2 * w, 2), _conv_bn_relu(2 * w, 2 * w),   # (B, 2w, 8, 8)
-                                  _conv_bn_relu(2 * w, n_features, 2))            # (B, n_features, 4, 4)
+        self.body = nn.Sequential(
+            _conv_bn_relu(1, w),
+            _conv_bn_relu(w, w),  # (B, w, 16, 16)
+            _conv_bn_relu(w, 2 * w, 2),
+            _conv_bn_relu(2 * w, 2 * w),  # (B, 2w, 8, 8)
+            _conv_bn_relu(2 * w, n_features, 2),
+        )  # (B, n_features, 4, 4)
         self.head = nn.Linear(n_features, num_classes)
 
-    def features(self, x:torch.Tensor) -> torch.Tensor: # (B, 1, H, W) -> (B, n_features)
+    def features(self, x: torch.Tensor) -> torch.Tensor:  # (B, 1, H, W) -> (B, n_features)
         check_x(x, self.head.weight, 'SmallCNN')
         if x.ndim != 4 or x.shape[1] != 1:
             raise ValueError(f"SmallCNN wants images of shape (B, 1, H, W), got {tuple(x.shape)}")
-        return self.body(x).mean((2, 3))                      # global average pool
+        return self.body(x).mean((2, 3))  # global average pool
 
-    def forward(self, x:torch.Tensor) -> torch.Tensor: # (B, 1, H, W) -> (B, num_classes) logits
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, 1, H, W) -> (B, num_classes) logits
         return self.head(self.features(x))
 
 # %% ../nbs/06_metrics.ipynb #1ac1f25c
-def random_shift(x:torch.Tensor, # (B, C, H, W) images in [-1, 1]
-                 max_shift:int=1, # largest shift in pixels, in each direction
-                 generator:torch.Generator|None=None, # source of randomness (None: torch's global generator)
-                ) -> torch.Tensor: # (B, C, H, W) each image moved by its own (dy, dx), background -1 filled in
+def random_shift(
+    x: torch.Tensor,  # (B, C, H, W) images in [-1, 1]
+    max_shift: int = 1,  # largest shift in pixels, in each direction
+    generator: torch.Generator | None = None,  # source of randomness (None: torch's global generator)
+) -> torch.Tensor:  # (B, C, H, W) each image moved by its own (dy, dx), background -1 filled in
     "Translate each image by a random whole number of pixels in [-max_shift, max_shift]."
     if not torch.is_tensor(x) or x.ndim != 4:
         got = tuple(x.shape) if torch.is_tensor(x) else type(x).__name__
@@ -102,65 +123,93 @@ def random_shift(x:torch.Tensor, # (B, C, H, W) images in [-1, 1]
     check_number(max_shift, 'max_shift', 0, integer=True)
     B, C, H, W = x.shape
     gdev = generator.device if generator is not None else x.device
-    d = torch.randint(0, 2 * max_shift + 1, (2, B), generator=generator, device=gdev).to(x.device)   # (2, B) offsets
-    xp = F.pad(x, (max_shift,) * 4, value=-1.)                                  # (B, C, H+2m, W+2m)
-    rows = d[0][:, None] + torch.arange(H, device=x.device)                     # (B, H)
-    cols = d[1][:, None] + torch.arange(W, device=x.device)                     # (B, W)
+    d = torch.randint(0, 2 * max_shift + 1, (2, B), generator=generator, device=gdev).to(x.device)  # (2, B) offsets
+    xp = F.pad(x, (max_shift,) * 4, value=-1.0)  # (B, C, H+2m, W+2m)
+    rows = d[0][:, None] + torch.arange(H, device=x.device)  # (B, H)
+    cols = d[1][:, None] + torch.arange(W, device=x.device)  # (B, W)
     b = torch.arange(B, device=x.device)[:, None, None]
-    return xp[b, :, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2)     # (B, H, W, C) -> (B, C, H, W)
+    return xp[b, :, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2)  # (B, H, W, C) -> (B, C, H, W)
 
-def classifier_loss(model:nn.Module, # a classifier: model(x) -> (B, num_classes) logits
-                    batch, # (images (B, 1, H, W), labels (B,))
-                    max_shift:int=1): # augmentation: random shifts up to this many pixels
+
+def classifier_loss(
+    model: nn.Module,  # a classifier: model(x) -> (B, num_classes) logits
+    batch,  # (images (B, 1, H, W), labels (B,))
+    max_shift: int = 1,
+):  # augmentation: random shifts up to this many pixels
     "Cross-entropy of `model` on a randomly shifted batch: the `loss_fn` the classifiers are trained with."
     x, y = batch
     return F.cross_entropy(model(random_shift(x, max_shift)), y)
 
 # %% ../nbs/06_metrics.ipynb #e433855e
-def _digits(split): return load_digits(split)
-def _glyphs(split): g = load_glyphs(split); return g.images, g.labels
+def _digits(split):
+    return load_digits(split)
+
+
+def _glyphs(split):
+    g = load_glyphs(split)
+    return g.images, g.labels
+
 
 CLASSIFIERS = {  # name -> its data (split -> (images, labels)), number of classes, shipped weights file
     'digits': dict(data=_digits, num_classes=10, weights='classifier_digits'),
     'glyphs': dict(data=_glyphs, num_classes=len(GLYPH_CHARS), weights='classifier_glyphs'),
 }
 
-def _classifier_spec(name:str) -> dict:
+
+def _classifier_spec(name: str) -> dict:
     if not isinstance(name, str) or name not in CLASSIFIERS:
         raise ValueError(f"Unknown classifier {name!r}; valid choices are {sorted(CLASSIFIERS)} (or pass a SmallCNN)")
     return CLASSIFIERS[name]
 
-def classifier_data(name:str='digits', # a key of `CLASSIFIERS`
-                    split:str='train', # 'train', 'test' or 'all'
-                   ) -> tuple[torch.Tensor, torch.Tensor]: # images (N, 1, 16, 16) in [-1, 1], labels (N,)
+
+def classifier_data(
+    name: str = 'digits',  # a key of `CLASSIFIERS`
+    split: str = 'train',  # 'train', 'test' or 'all'
+) -> tuple[torch.Tensor, torch.Tensor]:  # images (N, 1, 16, 16) in [-1, 1], labels (N,)
     "The images and labels a classifier is trained ('train') and evaluated ('test') on."
     return _classifier_spec(name)['data'](split)
 
-def train_classifier(name:str='digits', # a key of `CLASSIFIERS`: which data to learn
-                     steps:int=3000, # optimizer steps
-                     lr:float=3e-3, # peak learning rate (cosine decay after warm-up)
-                     batch_size:int=64, # images per batch
-                     seed:int=0, # seeds the initialisation, the data order and the augmentation
-                     progress:bool=True, # show a progress bar
-                     **model_kw): # passed to `SmallCNN` (width, n_features)
+
+def train_classifier(
+    name: str = 'digits',  # a key of `CLASSIFIERS`: which data to learn
+    steps: int = 3000,  # optimizer steps
+    lr: float = 3e-3,  # peak learning rate (cosine decay after warm-up)
+    batch_size: int = 64,  # images per batch
+    seed: int = 0,  # seeds the initialisation, the data order and the augmentation
+    progress: bool = True,  # show a progress bar
+    **model_kw,
+):  # passed to `SmallCNN` (width, n_features)
     "Train a `SmallCNN` on the training split of `name` with the course's `train` loop; returns its `TrainState`."
     spec = _classifier_spec(name)
     check_number(steps, 'steps', 1, integer=True)
     check_number(batch_size, 'batch_size', 1, integer=True)
     x, y = classifier_data(name, 'train')
-    dl = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=batch_size, shuffle=True,
-                                     drop_last=True)
+    dl = torch.utils.data.DataLoader(
+        torch.utils.data.TensorDataset(x, y), batch_size=batch_size, shuffle=True, drop_last=True
+    )
     torch.manual_seed(seed)
     model = SmallCNN(spec['num_classes'], **model_kw)
-    return train(model, classifier_loss, dl, steps, lr, warmup=min(100, steps // 10), weight_decay=1e-4,
-                 ema_decay=0., seed=seed, progress=progress)
+    return train(
+        model,
+        classifier_loss,
+        dl,
+        steps,
+        lr,
+        warmup=min(100, steps // 10),
+        weight_decay=1e-4,
+        ema_decay=0.0,
+        seed=seed,
+        progress=progress,
+    )
 
 # %% ../nbs/06_metrics.ipynb #c62d5213
 _LOADED = {}
 
-def load_classifier(name:str='digits', # a key of `CLASSIFIERS`
-                    device=None, # where to put it (default: cpu)
-                   ) -> SmallCNN: # in eval mode, parameters frozen
+
+def load_classifier(
+    name: str = 'digits',  # a key of `CLASSIFIERS`
+    device=None,  # where to put it (default: cpu)
+) -> SmallCNN:  # in eval mode, parameters frozen
     "The shipped classifier `name`, rebuilt from `diffcourse/weights/<weights>.safetensors`."
     spec = _classifier_spec(name)
     device = torch.device(device or 'cpu')
@@ -170,48 +219,60 @@ def load_classifier(name:str='digits', # a key of `CLASSIFIERS`
         _LOADED[key] = model.eval().requires_grad_(False)
     return _LOADED[key]
 
+
 def _classifier(classifier, device) -> nn.Module:
     "A classifier given by name (shipped weights) or as a model; on `device`, in eval mode."
-    if isinstance(classifier, nn.Module): return classifier.to(device).eval()
+    if isinstance(classifier, nn.Module):
+        return classifier.to(device).eval()
     return load_classifier(classifier, device)
 
 # %% ../nbs/06_metrics.ipynb #1131e57b
-def check_images(x:torch.Tensor, # what the user passed
-                 what:str='images', # its name, for the error message
-                 tol:float=0.5, # values up to this far outside [-1, 1] are clamped; further out is an error
-                ) -> torch.Tensor: # (N, 1, 16, 16) float32, clamped to [-1, 1]
+def check_images(
+    x: torch.Tensor,  # what the user passed
+    what: str = 'images',  # its name, for the error message
+    tol: float = 0.5,  # values up to this far outside [-1, 1] are clamped; further out is an error
+) -> torch.Tensor:  # (N, 1, 16, 16) float32, clamped to [-1, 1]
     "Check that `x` is a batch of (N, 1, 16, 16) images in [-1, 1], with clear errors; clamp small overshoots."
     if not torch.is_tensor(x) or x.ndim != 4 or tuple(x.shape[1:]) != (1, 16, 16) or x.shape[0] < 2:
         shape = tuple(x.shape) if hasattr(x, 'shape') else type(x).__name__
         raise ValueError(f"{what} must be a tensor of N >= 2 images of shape (N, 1, 16, 16) in [-1, 1], got {shape}")
     x = x.detach().float()
-    if not torch.isfinite(x).all(): raise ValueError(f"{what} contain NaN or inf values")
+    if not torch.isfinite(x).all():
+        raise ValueError(f"{what} contain NaN or inf values")
     lo, hi = x.min().item(), x.max().item()
     if lo < -1 - tol or hi > 1 + tol:
-        raise ValueError(f"{what} must lie in [-1, 1], but their values span [{lo:.3g}, {hi:.3g}] "
-                         f"(images in [0, 255]? divide by 127.5 and subtract 1; sampler output? clamp it to [-1, 1])")
-    if lo >= 0: warnings.warn(f"{what} have no negative values (min {lo:.3g}): are they in [0, 1]? The course's images "
-                              f"are in [-1, 1] with background -1; map [0, 1] images with x * 2 - 1")
+        raise ValueError(
+            f"{what} must lie in [-1, 1], but their values span [{lo:.3g}, {hi:.3g}] "
+            f"(images in [0, 255]? divide by 127.5 and subtract 1; sampler output? clamp it to [-1, 1])"
+        )
+    if lo >= 0:
+        warnings.warn(
+            f"{what} have no negative values (min {lo:.3g}): are they in [0, 1]? The course's images "
+            f"are in [-1, 1] with background -1; map [0, 1] images with x * 2 - 1"
+        )
     return x.clamp(-1, 1)
 
 # %% ../nbs/06_metrics.ipynb #c6fd6db9
 @torch.no_grad()
-def classifier_features(images:torch.Tensor, # (N, 1, 16, 16) images in [-1, 1]
-                        classifier='digits', # a key of `CLASSIFIERS`, or a `SmallCNN`
-                        batch_size:int=500, # images per forward pass
-                       ) -> torch.Tensor: # (N, n_features) float32, on the device of `images`
+def classifier_features(
+    images: torch.Tensor,  # (N, 1, 16, 16) images in [-1, 1]
+    classifier='digits',  # a key of `CLASSIFIERS`, or a `SmallCNN`
+    batch_size: int = 500,  # images per forward pass
+) -> torch.Tensor:  # (N, n_features) float32, on the device of `images`
     "The classifier's pooled features of `images`, the vectors FID compares."
     x = check_images(images)
     check_number(batch_size, 'batch_size', 1, integer=True)
     net = _classifier(classifier, x.device)
-    return torch.cat([net.features(x[i:i + batch_size]) for i in range(0, len(x), batch_size)])
+    return torch.cat([net.features(x[i : i + batch_size]) for i in range(0, len(x), batch_size)])
+
 
 @torch.no_grad()
-def classifier_accuracy(images:torch.Tensor, # (N, 1, 16, 16) images in [-1, 1]
-                        labels:torch.Tensor, # (N,) the class each image should show
-                        classifier='digits', # a key of `CLASSIFIERS`, or a `SmallCNN`
-                        batch_size:int=500, # images per forward pass
-                       ) -> float: # fraction of images whose most likely class is their label
+def classifier_accuracy(
+    images: torch.Tensor,  # (N, 1, 16, 16) images in [-1, 1]
+    labels: torch.Tensor,  # (N,) the class each image should show
+    classifier='digits',  # a key of `CLASSIFIERS`, or a `SmallCNN`
+    batch_size: int = 500,  # images per forward pass
+) -> float:  # fraction of images whose most likely class is their label
     "Accuracy of the classifier on `images`: how often they are recognised as `labels`."
     x = check_images(images)
     check_number(batch_size, 'batch_size', 1, integer=True)
@@ -220,74 +281,99 @@ def classifier_accuracy(images:torch.Tensor, # (N, 1, 16, 16) images in [-1, 1]
         raise ValueError(f"labels must have shape ({len(x)},), one per image, got {tuple(labels.shape)}")
     net = _classifier(classifier, x.device)
     n = net.head.out_features if isinstance(getattr(net, 'head', None), nn.Linear) else None
-    if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool or labels.min() < 0 or (
-            n is not None and labels.max() >= n):
-        raise ValueError(f"labels must be integer classes in [0, {n}), got {labels.dtype} values from "
-                         f"{labels.min().item()} to {labels.max().item()}")
-    pred = torch.cat([net(x[i:i + batch_size]).argmax(1) for i in range(0, len(x), batch_size)])
+    if (
+        labels.is_floating_point()
+        or labels.is_complex()
+        or labels.dtype == torch.bool
+        or labels.min() < 0
+        or (n is not None and labels.max() >= n)
+    ):
+        raise ValueError(
+            f"labels must be integer classes in [0, {n}), got {labels.dtype} values from "
+            f"{labels.min().item()} to {labels.max().item()}"
+        )
+    pred = torch.cat([net(x[i : i + batch_size]).argmax(1) for i in range(0, len(x), batch_size)])
     return (pred == labels).float().mean().item()
 
 # %% ../nbs/06_metrics.ipynb #d65b5dec
 _REF_STATS = {}
 
-def reference_stats(classifier:str='digits', # a key of `CLASSIFIERS`
-                   ) -> tuple[torch.Tensor, torch.Tensor]: # mu (D,), sigma (D, D) float64
+
+def reference_stats(
+    classifier: str = 'digits',  # a key of `CLASSIFIERS`
+) -> tuple[torch.Tensor, torch.Tensor]:  # mu (D,), sigma (D, D) float64
     "Feature statistics of the test split of the classifier's data set: FID's default reference."
-    _classifier_spec(classifier)                               # a name: a model has no data set of its own
+    _classifier_spec(classifier)  # a name: a model has no data set of its own
     if classifier not in _REF_STATS:
         _REF_STATS[classifier] = feature_stats(classifier_features(classifier_data(classifier, 'test')[0], classifier))
     return _REF_STATS[classifier]
 
-def fid(fake_images:torch.Tensor, # (N, 1, 16, 16) generated images in [-1, 1]
-        real_images:torch.Tensor|None=None, # (M, 1, 16, 16) reference images; None: the test split of the data
-        classifier='digits', # 'digits' or 'glyphs' (the shipped classifiers), or a `SmallCNN`
-       ) -> float: # the squared Fréchet distance between the two sets' feature Gaussians
+
+def fid(
+    fake_images: torch.Tensor,  # (N, 1, 16, 16) generated images in [-1, 1]
+    real_images: torch.Tensor | None = None,  # (M, 1, 16, 16) reference images; None: the test split of the data
+    classifier='digits',  # 'digits' or 'glyphs' (the shipped classifiers), or a `SmallCNN`
+) -> float:  # the squared Fréchet distance between the two sets' feature Gaussians
     "FID of `fake_images` against `real_images`, in the features of the course's classifier."
     s_fake = feature_stats(classifier_features(fake_images, classifier))
     if real_images is None:
         if isinstance(classifier, nn.Module):
             raise ValueError("fid: pass real_images when the classifier is a model rather than a name")
         s_real = reference_stats(classifier)
-    else: s_real = feature_stats(classifier_features(real_images, classifier))
+    else:
+        s_real = feature_stats(classifier_features(real_images, classifier))
     return frechet_distance(*s_fake, *s_real)
 
 # %% ../nbs/06_metrics.ipynb #093e3fee
 FID_N = 500  # the number of generated images every FID in the course is computed from
 
 # %% ../nbs/06_metrics.ipynb #22e3a345
-def wasserstein_1d(px:torch.Tensor, # (P, N) P sets of 1-D samples
-                   py:torch.Tensor, # (P, M) P sets of 1-D samples
-                   p:float=2, # the order p of W_p
-                  ) -> torch.Tensor: # (P,) W_p^p between each pair of empirical distributions
+def wasserstein_1d(
+    px: torch.Tensor,  # (P, N) P sets of 1-D samples
+    py: torch.Tensor,  # (P, M) P sets of 1-D samples
+    p: float = 2,  # the order p of W_p
+) -> torch.Tensor:  # (P,) W_p^p between each pair of empirical distributions
     "Exact W_p^p between 1-D empirical distributions of any sizes: eq. (4) integrated over the merged quantile grid."
     N, M = px.shape[-1], py.shape[-1]
     xs, ys = px.sort(-1).values, py.sort(-1).values
-    levels = torch.cat([torch.arange(1, N + 1, dtype=px.dtype, device=px.device) / N,
-                        torch.arange(1, M + 1, dtype=px.dtype, device=px.device) / M]).sort().values   # (N+M,)
-    width = torch.diff(levels, prepend=levels.new_zeros(1))        # length of each constant piece
-    mid = levels - width / 2                                       # a level inside each piece
+    levels = (
+        torch.cat(
+            [
+                torch.arange(1, N + 1, dtype=px.dtype, device=px.device) / N,
+                torch.arange(1, M + 1, dtype=px.dtype, device=px.device) / M,
+            ]
+        )
+        .sort()
+        .values
+    )  # (N+M,)
+    width = torch.diff(levels, prepend=levels.new_zeros(1))  # length of each constant piece
+    mid = levels - width / 2  # a level inside each piece
     ix, iy = (mid * N).long().clamp(max=N - 1), (mid * M).long().clamp(max=M - 1)
-    return ((xs[..., ix] - ys[..., iy]).abs() ** p * width).sum(-1)   # eq. (4)
+    return ((xs[..., ix] - ys[..., iy]).abs() ** p * width).sum(-1)  # eq. (4)
 
-def sliced_wasserstein(x:torch.Tensor, # (N, D) samples
-                       y:torch.Tensor, # (M, D) samples, e.g. from the true distribution
-                       n_proj:int=256, # number of random directions
-                       p:float=2, # the order p of SW_p
-                       generator:torch.Generator|None=None, # draws the directions (None: torch's global generator)
-                      ) -> float: # SW_p(x, y), in the units of the data
+
+def sliced_wasserstein(
+    x: torch.Tensor,  # (N, D) samples
+    y: torch.Tensor,  # (M, D) samples, e.g. from the true distribution
+    n_proj: int = 256,  # number of random directions
+    p: float = 2,  # the order p of SW_p
+    generator: torch.Generator | None = None,  # draws the directions (None: torch's global generator)
+) -> float:  # SW_p(x, y), in the units of the data
     "Sliced Wasserstein distance of eq. (5) between two point clouds, with `n_proj` random directions."
     if not (torch.is_tensor(x) and torch.is_tensor(y)):
         raise TypeError(f"sliced_wasserstein wants x and y as tensors, got {type(x).__name__} and {type(y).__name__}")
     if x.ndim != 2 or y.ndim != 2 or x.shape[1] != y.shape[1] or len(x) < 1 or len(y) < 1:
-        raise ValueError(f"sliced_wasserstein wants x (N, D) and y (M, D) with the same D, N >= 1 and M >= 1, "
-                         f"got {tuple(x.shape)} and {tuple(y.shape)}")
+        raise ValueError(
+            f"sliced_wasserstein wants x (N, D) and y (M, D) with the same D, N >= 1 and M >= 1, "
+            f"got {tuple(x.shape)} and {tuple(y.shape)}"
+        )
     if not (torch.isfinite(x).all() and torch.isfinite(y).all()):
         raise ValueError("sliced_wasserstein: x or y contains NaN or inf values")
     check_number(n_proj, 'n_proj', 1, integer=True)
     check_number(p, 'p', 1)
     dtype = torch.float32 if x.device.type == 'mps' else torch.float64
     gdev = generator.device if generator is not None else x.device
-    theta = torch.randn(n_proj, x.shape[1], generator=generator, device=gdev, dtype=dtype).to(x.device)   # (P, D)
-    theta = theta / theta.norm(dim=1, keepdim=True)                                         # unit directions
-    px, py = theta @ x.to(dtype).T, theta @ y.to(x.device, dtype).T                          # (P, N), (P, M)
-    return float(wasserstein_1d(px, py, p).mean() ** (1 / p))                              # eq. (5)
+    theta = torch.randn(n_proj, x.shape[1], generator=generator, device=gdev, dtype=dtype).to(x.device)  # (P, D)
+    theta = theta / theta.norm(dim=1, keepdim=True)  # unit directions
+    px, py = theta @ x.to(dtype).T, theta @ y.to(x.device, dtype).T  # (P, N), (P, M)
+    return float(wasserstein_1d(px, py, p).mean() ** (1 / p))  # eq. (5)

@@ -15,8 +15,15 @@ from fastprogress import progress_bar
 import matplotlib.pyplot as plt
 
 from .core import append_dims, weights_path, WEIGHTS_DIR
-from .schedules import (Schedule, abar_to_logsnr, spaced_timesteps, linspace_timesteps, _check_schedule,
-                                  _desc, _is_int)
+from diffcourse.schedules import (
+    Schedule,
+    abar_to_logsnr,
+    spaced_timesteps,
+    linspace_timesteps,
+    _check_schedule,
+    _desc,
+    _is_int,
+)
 from .data import toy_2d
 from .metrics import FID_N, fid, sliced_wasserstein
 from .training import load_pretrained
@@ -29,17 +36,19 @@ __all__ = ['X0_FROM', 'SAMPLERS', 'SIGMAS', 'TABLE_EVALS', 'TABLE_PATH', 'TABLE_
            'load_sampler_table', 'plot_sampler_table']
 
 # %% ../nbs/07_samplers.ipynb #148eef3e
-def _pick(table:dict, name:str, what:str):
+def _pick(table: dict, name: str, what: str):
     "table[name], or a ValueError naming the bad value and the valid choices."
     if not isinstance(name, str) or name not in table:
         raise ValueError(f"Unknown {what} {name!r}; valid choices are {list(table)}")
     return table[name]
 
+
 X0_FROM = {  # objective -> (c_skip, c_out) at noise level sigma: x0_hat = c_skip * x + c_out * net(x_t, t)   (eq. S3)
-    'eps': lambda sigma: (1., -sigma),                                                   # x0 = x - sigma eps
-    'v': lambda sigma: (1 / (1 + sigma**2), -sigma / (1 + sigma**2) ** 0.5),            # x0 = abar x - sqrt(1 - abar) v
-    'x0': lambda sigma: (0., 1.),
+    'eps': lambda sigma: (1.0, -sigma),  # x0 = x - sigma eps
+    'v': lambda sigma: (1 / (1 + sigma**2), -sigma / (1 + sigma**2) ** 0.5),  # x0 = abar x - sqrt(1 - abar) v
+    'x0': lambda sigma: (0.0, 1.0),
 }
+
 
 def _check_clip(clip_x0):
     "Raise unless `clip_x0` is None or a finite number > 0."
@@ -48,61 +57,71 @@ def _check_clip(clip_x0):
     if not ok:
         raise ValueError(f"clip_x0 must be None (no clamp) or a finite number > 0, got {clip_x0!r}")
 
-def _check_sigma_values(sigma:np.ndarray):
+
+def _check_sigma_values(sigma: np.ndarray):
     if not np.all(np.isfinite(sigma) & (sigma >= 0)):
         raise ValueError(f"sigma must be a finite noise level >= 0, got values in [{sigma.min()}, {sigma.max()}]")
 
-def _check_sigma_shape(sigma:torch.Tensor, B:int):
+
+def _check_sigma_shape(sigma: torch.Tensor, B: int):
     if sigma.shape not in ((B,), (1,)):
         raise ValueError(f"sigma must be a number or one per sample, ({B},); got shape {tuple(sigma.shape)}")
 
-def _check_cond(cond:dict, B:int):
+
+def _check_cond(cond: dict, B: int):
     "Raise unless every tensor of the condition has one entry per sample (or one for the whole batch)."
     for k, v in cond.items():
         if torch.is_tensor(v) and v.ndim and len(v) not in (1, B):
             raise ValueError(f"{k} has {len(v)} entries for a batch of {B}: give one per sample (or one for all)")
 
-
 # %% ../nbs/07_samplers.ipynb #3f4ac25c
 class Denoiser(nn.Module):
     "Wrap a network `net(x_t, t) -> eps | v | x0` trained on `schedule` as a denoiser `D(x, sigma) -> x0_hat`."
-    def __init__(self, net:nn.Module, # the network: net(x_t, t, **cond) with t the (fractional) timestep, shape (B,)
-                 schedule:Schedule, # the `Schedule` it was trained with
-                 objective:str='eps', # what `net` predicts: one of X0_FROM, 'eps', 'v' or 'x0'
-                 clip_x0:float|None=None): # clamp x0_hat to [-clip_x0, clip_x0] (diffusers' `clip_sample`); None: off
+
+    def __init__(
+        self,
+        net: nn.Module,  # the network: net(x_t, t, **cond) with t the (fractional) timestep, shape (B,)
+        schedule: Schedule,  # the `Schedule` it was trained with
+        objective: str = 'eps',  # what `net` predicts: one of X0_FROM, 'eps', 'v' or 'x0'
+        clip_x0: float | None = None,
+    ):  # clamp x0_hat to [-clip_x0, clip_x0] (diffusers' `clip_sample`); None: off
         super().__init__()
         self.skip_out = _pick(X0_FROM, objective, 'objective')
         _check_schedule(schedule)
         _check_clip(clip_x0)
         self.net, self.schedule, self.objective, self.clip_x0 = net, schedule, objective, clip_x0
-        self._neg_logsnr = (-abar_to_logsnr(schedule.abar.double())).numpy()   # (T,) increasing in t; built once
+        self._neg_logsnr = (-abar_to_logsnr(schedule.abar.double())).numpy()  # (T,) increasing in t; built once
 
-    def timesteps(self, sigma, # noise level(s) >= 0: a float or a tensor
-                 ) -> np.ndarray: # float64 fractional timesteps, of sigma's shape
+    def timesteps(
+        self,
+        sigma,  # noise level(s) >= 0: a float or a tensor
+    ) -> np.ndarray:  # float64 fractional timesteps, of sigma's shape
         "Lesson 02's `sigma_to_t` for this schedule, its table built once (samplers call this every step)."
         sigma = sigma.detach().cpu().double().numpy() if torch.is_tensor(sigma) else np.float64(sigma)
         _check_sigma_values(sigma)
-        with np.errstate(divide='ignore'):                                   # sigma = 0: log 0 = -inf, t = 0
-            neg_logsnr = 2 * np.log(sigma)                                   # -logsnr = 2 log sigma
+        with np.errstate(divide='ignore'):  # sigma = 0: log 0 = -inf, t = 0
+            neg_logsnr = 2 * np.log(sigma)  # -logsnr = 2 log sigma
         return np.interp(neg_logsnr, self._neg_logsnr, np.arange(len(self._neg_logsnr)))
 
-    def forward(self, x:torch.Tensor, # (B, ...) x = x_t / sqrt(abar_t): the data plus noise of std sigma
-                sigma, # noise level: a number, a 0-d tensor or (B,)
-                **cond): # passed on to the network (e.g. class labels), one entry per sample
+    def forward(
+        self,
+        x: torch.Tensor,  # (B, ...) x = x_t / sqrt(abar_t): the data plus noise of std sigma
+        sigma,  # noise level: a number, a 0-d tensor or (B,)
+        **cond,
+    ):  # passed on to the network (e.g. class labels), one entry per sample
         B = x.shape[0]
         _check_cond(cond, B)
-        if not torch.is_tensor(sigma) or sigma.ndim == 0:       # one noise level for the batch (what samplers pass):
-            sigma = float(sigma)                                  # its coefficients are plain numbers
-            t = torch.full((B,), float(self.timesteps(sigma)), device=x.device)                 # (B,) timesteps
+        if not torch.is_tensor(sigma) or sigma.ndim == 0:  # one noise level for the batch (what samplers pass):
+            sigma = float(sigma)  # its coefficients are plain numbers
+            t = torch.full((B,), float(self.timesteps(sigma)), device=x.device)  # (B,) timesteps
         else:
             _check_sigma_shape(sigma, B)
             t = torch.from_numpy(self.timesteps(sigma.expand(B))).to(x.device, torch.float32)  # (B,)
-            sigma = append_dims(sigma.to(x).expand(B), x.ndim)                                 # (B, 1, ...)
-        x_t = x / (1 + sigma**2) ** 0.5                                                         # eq. (S2)
+            sigma = append_dims(sigma.to(x).expand(B), x.ndim)  # (B, 1, ...)
+        x_t = x / (1 + sigma**2) ** 0.5  # eq. (S2)
         c_skip, c_out = self.skip_out(sigma)
-        x0_hat = c_skip * x + c_out * self.net(x_t, t, **cond)                                  # eq. (S3)
+        x0_hat = c_skip * x + c_out * self.net(x_t, t, **cond)  # eq. (S3)
         return x0_hat if self.clip_x0 is None else x0_hat.clamp(-self.clip_x0, self.clip_x0)
-
 
 # %% ../nbs/07_samplers.ipynb #df8be6fa
 def _randn(shape, generator=None, device=None, dtype=torch.float32):
@@ -110,7 +129,8 @@ def _randn(shape, generator=None, device=None, dtype=torch.float32):
     gdev = generator.device if generator is not None else device
     return torch.randn(shape, generator=generator, device=gdev, dtype=dtype).to(device)
 
-def _steps(sigmas, progress:bool):
+
+def _steps(sigmas, progress: bool):
     "The step indices 0..N-1 of a walk along N+1 noise levels, after checking them."
     if not torch.is_tensor(sigmas) or not sigmas.is_floating_point():
         raise TypeError(f"sigmas must be a floating-point tensor of noise levels, got {_desc(sigmas)}")
@@ -125,70 +145,77 @@ def _steps(sigmas, progress:bool):
     n = len(sigmas) - 1
     return progress_bar(range(n), total=n, leave=False) if progress else range(n)
 
+
 def _report(callback, i, x, sigma, sigma_next, x0_hat):
     if callback is not None:
         callback(dict(i=i, x=x, sigma=sigma, sigma_next=sigma_next, x0_hat=x0_hat))
 
-
 # %% ../nbs/07_samplers.ipynb #d8e43b94
-def euler_step(x:torch.Tensor, # (B, ...) the sample at noise level sigma
-               x0_hat:torch.Tensor, # (B, ...) the denoiser's guess D(x, sigma)
-               sigma, # the current noise level
-               sigma_next, # the noise level to move to
-              ) -> torch.Tensor: # (B, ...) the sample at sigma_next
+def euler_step(
+    x: torch.Tensor,  # (B, ...) the sample at noise level sigma
+    x0_hat: torch.Tensor,  # (B, ...) the denoiser's guess D(x, sigma)
+    sigma,  # the current noise level
+    sigma_next,  # the noise level to move to
+) -> torch.Tensor:  # (B, ...) the sample at sigma_next
     "One Euler step of the probability-flow ODE dx/dsigma = (x - x0_hat) / sigma, in a form that does not cancel."
     # eq. (D1), first form: = x + (sigma_next - sigma) d, eq. (E1)
     return x0_hat + (sigma_next / sigma) * (x - x0_hat)
 
-def ancestral_step(sigma, # the current noise level
-                   sigma_next, # the noise level to land on
-                   eta:float=1.): # in [0, 1]; 0: no fresh noise (DDIM); 1: DDPM's posterior variance
+
+def ancestral_step(
+    sigma,  # the current noise level
+    sigma_next,  # the noise level to land on
+    eta: float = 1.0,
+):  # in [0, 1]; 0: no fresh noise (DDIM); 1: DDPM's posterior variance
     "Split the step sigma -> sigma_next into an Euler step down to sigma_down and fresh noise of std sigma_up."
-    sigma_up = eta * sigma_next * (1 - (sigma_next / sigma) ** 2).sqrt()                    # eq. (D3)
+    sigma_up = eta * sigma_next * (1 - (sigma_next / sigma) ** 2).sqrt()  # eq. (D3)
     # eq. (D2), sqrt(sigma_next^2 - sigma_up^2) without the subtraction
     sigma_down = sigma_next * (1 - eta**2 + (eta * sigma_next / sigma) ** 2).sqrt()
     return sigma_down, sigma_up
-
 
 # %% ../nbs/07_samplers.ipynb #ca690e5c
 def _check_eta(eta) -> float:
     "`eta` as a float, or a ValueError unless it is a number in [0, 1]."
     if torch.is_tensor(eta) and eta.numel() == 1:
         eta = eta.item()
-    if isinstance(eta, bool) or not isinstance(eta, numbers.Real) or not 0 <= eta <= 1:   # NaN fails too
+    if isinstance(eta, bool) or not isinstance(eta, numbers.Real) or not 0 <= eta <= 1:  # NaN fails too
         raise ValueError(f"eta (0: deterministic DDIM, 1: DDPM's variance) must be a number in [0, 1], got {eta!r}")
     return float(eta)
 
+
 @torch.no_grad()
-def sample_ddim(model, # the denoiser D(x, sigma) -> x0_hat
-                x:torch.Tensor, # (B, ...) the start: noise of std sigmas[0] (plus data, for img2img)
-                sigmas:torch.Tensor, # (N+1,) the noise levels to visit, decreasing, usually ending in 0
-                *, eta:float=0., # in [0, 1]; 0: deterministic DDIM; 1: DDPM
-                generator:torch.Generator|None=None, # the source of the fresh noise when eta > 0
-                callback=None, # called after each step with a dict(i, x, sigma, sigma_next, x0_hat)
-                progress:bool=False, # show a progress bar
-               ) -> torch.Tensor: # (B, ...) the sample at sigmas[-1]
+def sample_ddim(
+    model,  # the denoiser D(x, sigma) -> x0_hat
+    x: torch.Tensor,  # (B, ...) the start: noise of std sigmas[0] (plus data, for img2img)
+    sigmas: torch.Tensor,  # (N+1,) the noise levels to visit, decreasing, usually ending in 0
+    *,
+    eta: float = 0.0,  # in [0, 1]; 0: deterministic DDIM; 1: DDPM
+    generator: torch.Generator | None = None,  # the source of the fresh noise when eta > 0
+    callback=None,  # called after each step with a dict(i, x, sigma, sigma_next, x0_hat)
+    progress: bool = False,  # show a progress bar
+) -> torch.Tensor:  # (B, ...) the sample at sigmas[-1]
     "DDIM (Song et al. 2021, eqs. 12, 16) in sigma space: an Euler step to sigma_down, then fresh noise of sigma_up."
     eta = _check_eta(eta)
     for i in _steps(sigmas, progress):
         sigma, sigma_next = sigmas[i], sigmas[i + 1]
         x0_hat = model(x, sigma)
-        sigma_down, sigma_up = ancestral_step(sigma, sigma_next, eta) if eta else (sigma_next, 0)   # eta = 0: no noise
-        x = euler_step(x, x0_hat, sigma, sigma_down)                                  # eq. (D1)
+        sigma_down, sigma_up = ancestral_step(sigma, sigma_next, eta) if eta else (sigma_next, 0)  # eta = 0: no noise
+        x = euler_step(x, x0_hat, sigma, sigma_down)  # eq. (D1)
         if sigma_up > 0:
             x = x + sigma_up * _randn(x.shape, generator, x.device, x.dtype)
         _report(callback, i, x, sigma, sigma_next, x0_hat)
     return x
 
+
 def sample_ddpm(model, x, sigmas, *, generator=None, callback=None, progress=False):
     "DDPM's ancestral sampler (Ho et al. 2020, Alg. 2): DDIM with eta = 1."
-    return sample_ddim(model, x, sigmas, eta=1., generator=generator, callback=callback, progress=progress)
-
+    return sample_ddim(model, x, sigmas, eta=1.0, generator=generator, callback=callback, progress=progress)
 
 # %% ../nbs/07_samplers.ipynb #514236ee
-def timestep_sigmas(schedule, # the `Schedule` the network was trained with
-                    ts:torch.Tensor, # (N,) descending integer timesteps
-                   ) -> torch.Tensor: # (N+1,) their noise levels, then 0
+def timestep_sigmas(
+    schedule,  # the `Schedule` the network was trained with
+    ts: torch.Tensor,  # (N,) descending integer timesteps
+) -> torch.Tensor:  # (N+1,) their noise levels, then 0
     "The noise levels sigma_t of integer timesteps `ts`, followed by 0 (the clean end, diffusers' `set_alpha_to_one`)."
     _check_schedule(schedule)
     ts = torch.as_tensor(ts)
@@ -197,7 +224,6 @@ def timestep_sigmas(schedule, # the `Schedule` the network was trained with
     if ts.min() < 0 or ts.max() >= schedule.T or (ts[1:] > ts[:-1]).any():
         raise ValueError(f"ts must be descending timesteps in [0, {schedule.T - 1}], got {ts.tolist()}")
     return torch.cat([schedule.sigmas[ts], schedule.sigmas.new_zeros(1)])
-
 
 # %% ../nbs/07_samplers.ipynb #68a8fd2d
 def _check_karras(n, sigma_min, sigma_max, rho):
@@ -208,20 +234,23 @@ def _check_karras(n, sigma_min, sigma_max, rho):
         if isinstance(v, bool) or not isinstance(v, numbers.Real) or not 0 < v < math.inf:
             raise ValueError(f"{name} must be a finite number > 0, got {v!r}")
     if sigma_min > sigma_max:
-        raise ValueError(f"sigma_min must not exceed sigma_max (the levels run from sigma_max down to sigma_min), "
-                         f"got sigma_min={sigma_min!r} > sigma_max={sigma_max!r}")
+        raise ValueError(
+            f"sigma_min must not exceed sigma_max (the levels run from sigma_max down to sigma_min), "
+            f"got sigma_min={sigma_min!r} > sigma_max={sigma_max!r}"
+        )
 
-def karras_sigmas(n:int, # number of steps N (N + 1 noise levels, the last one 0)
-                  sigma_min:float, # the smallest nonzero noise level
-                  sigma_max:float, # the largest noise level, where sampling starts
-                  rho:float=7., # EDM's rho: larger crowds the steps towards sigma_min
-                 ) -> torch.Tensor: # (N+1,) float32, computed in float64
+
+def karras_sigmas(
+    n: int,  # number of steps N (N + 1 noise levels, the last one 0)
+    sigma_min: float,  # the smallest nonzero noise level
+    sigma_max: float,  # the largest noise level, where sampling starts
+    rho: float = 7.0,  # EDM's rho: larger crowds the steps towards sigma_min
+) -> torch.Tensor:  # (N+1,) float32, computed in float64
     "EDM's noise levels (Karras et al. 2022, eq. 5): evenly spaced in sigma^(1/rho), then a final 0."
     _check_karras(n, sigma_min, sigma_max, rho)
     ramp = torch.linspace(0, 1, int(n), dtype=torch.float64)
-    s = (sigma_max ** (1 / rho) + ramp * (sigma_min ** (1 / rho) - sigma_max ** (1 / rho))) ** rho   # eq. (5)
+    s = (sigma_max ** (1 / rho) + ramp * (sigma_min ** (1 / rho) - sigma_max ** (1 / rho))) ** rho  # eq. (5)
     return torch.cat([s, s.new_zeros(1)]).float()
-
 
 # %% ../nbs/07_samplers.ipynb #cac2a325
 @torch.no_grad()
@@ -230,9 +259,10 @@ def sample_euler(model, x, sigmas, *, generator=None, callback=None, progress=Fa
     for i in _steps(sigmas, progress):
         sigma, sigma_next = sigmas[i], sigmas[i + 1]
         x0_hat = model(x, sigma)
-        x = euler_step(x, x0_hat, sigma, sigma_next)                        # eq. (E1)
+        x = euler_step(x, x0_hat, sigma, sigma_next)  # eq. (E1)
         _report(callback, i, x, sigma, sigma_next, x0_hat)
     return x
+
 
 @torch.no_grad()
 def sample_heun(model, x, sigmas, *, generator=None, callback=None, progress=False):
@@ -240,11 +270,11 @@ def sample_heun(model, x, sigmas, *, generator=None, callback=None, progress=Fal
     for i in _steps(sigmas, progress):
         sigma, sigma_next = sigmas[i], sigmas[i + 1]
         x0_hat = model(x, sigma)
-        d = (x - x0_hat) / sigma                                            # Alg. 1: the slope d_i (eq. E1)
-        x_next = x + (sigma_next - sigma) * d                               # the Euler step
-        if sigma_next > 0:                                                  # correct, except on the step to 0
-            d_next = (x_next - model(x_next, sigma_next)) / sigma_next      # the slope d_i' at the end
-            x_next = x + (sigma_next - sigma) * (d + d_next) / 2            # redo the step with their mean
+        d = (x - x0_hat) / sigma  # Alg. 1: the slope d_i (eq. E1)
+        x_next = x + (sigma_next - sigma) * d  # the Euler step
+        if sigma_next > 0:  # correct, except on the step to 0
+            d_next = (x_next - model(x_next, sigma_next)) / sigma_next  # the slope d_i' at the end
+            x_next = x + (sigma_next - sigma) * (d + d_next) / 2  # redo the step with their mean
         x = x_next
         _report(callback, i, x, sigma, sigma_next, x0_hat)
     return x
@@ -257,84 +287,100 @@ def sample_dpmpp_2m(model, x, sigmas, *, generator=None, callback=None, progress
     for i in _steps(sigmas, progress):
         sigma, sigma_next = sigmas[i], sigmas[i + 1]
         x0_hat = model(x, sigma)
-        if sigma_next == 0: x = x0_hat                                      # h = infinity: the last step lands on x0_hat
+        if sigma_next == 0:
+            x = x0_hat  # h = infinity: the last step lands on x0_hat
         else:
-            h = sigma.log() - sigma_next.log()                              # lambda_{i+1} - lambda_i, lambda = -log sigma
-            if x0_prev is None or h_prev == 0: D = x0_hat                   # first order (and the h_prev = 0 guard)
-            else: D = (1 + h / (2 * h_prev)) * x0_hat - h / (2 * h_prev) * x0_prev   # Alg. 2, with 1/r = h / h_prev
-            x = (sigma_next / sigma) * x - torch.expm1(-h) * D              # Alg. 2, divided by alpha
+            h = sigma.log() - sigma_next.log()  # lambda_{i+1} - lambda_i, lambda = -log sigma
+            if x0_prev is None or h_prev == 0:
+                D = x0_hat  # first order (and the h_prev = 0 guard)
+            else:
+                D = (1 + h / (2 * h_prev)) * x0_hat - h / (2 * h_prev) * x0_prev  # Alg. 2, with 1/r = h / h_prev
+            x = (sigma_next / sigma) * x - torch.expm1(-h) * D  # Alg. 2, divided by alpha
             h_prev = h
         x0_prev = x0_hat
         _report(callback, i, x, sigma, sigma_next, x0_hat)
     return x
 
 # %% ../nbs/07_samplers.ipynb #aa71965a
-def _check_steps(steps, T:int|None=None, what:str='steps'):
+def _check_steps(steps, T: int | None = None, what: str = 'steps'):
     "Raise unless `steps` is an integer in [1, T]."
     if not _is_int(steps) or steps < 1 or (T is not None and steps > T):
         hi = f"T={T}" if T is not None else "T"
-        raise ValueError(f"{what} must be an integer between 1 and {hi} (the network's training timesteps), "
-                         f"got {steps!r}")
+        raise ValueError(
+            f"{what} must be an integer between 1 and {hi} (the network's training timesteps), got {steps!r}"
+        )
+
 
 def _check_builder(schedule, steps):
     "What every builder of default noise levels checks: a `Schedule`, and a number of steps in [1, T]."
     _check_schedule(schedule)
     _check_steps(steps, schedule.T)
 
-def ddim_sigmas(schedule, steps:int) -> torch.Tensor:
+
+def ddim_sigmas(schedule, steps: int) -> torch.Tensor:
     "DDPM/DDIM's default noise levels: `leading`-spaced timesteps (diffusers' default), then 0."
     _check_builder(schedule, steps)
     return timestep_sigmas(schedule, spaced_timesteps(int(steps), schedule.T, 'leading'))
 
-def edm_sigmas(schedule, steps:int) -> torch.Tensor:
+
+def edm_sigmas(schedule, steps: int) -> torch.Tensor:
     "EDM's noise levels (eq. 5) between the schedule's first and last sigma, then 0 (diffusers' `use_karras_sigmas`)."
     _check_builder(schedule, steps)
     return karras_sigmas(int(steps), schedule.sigmas[0].item(), schedule.sigmas[-1].item())
 
-def dpm_sigmas(schedule, steps:int) -> torch.Tensor:
+
+def dpm_sigmas(schedule, steps: int) -> torch.Tensor:
     "DPM-Solver's default noise levels: timesteps `linspace`d over steps + 1 points, the last (0) dropped, then 0."
     _check_builder(schedule, steps)
     return timestep_sigmas(schedule, linspace_timesteps(int(steps) + 1, schedule.T)[:-1])
 
+
 SAMPLERS = dict(ddpm=sample_ddpm, ddim=sample_ddim, euler=sample_euler, heun=sample_heun, dpmpp_2m=sample_dpmpp_2m)
 SIGMAS = dict(ddpm=ddim_sigmas, ddim=ddim_sigmas, euler=edm_sigmas, heun=edm_sigmas, dpmpp_2m=dpm_sigmas)
 
-def default_sigmas(name:str, # one of SAMPLERS
-                   schedule, # the `Schedule` the network was trained with
-                   steps:int, # number of sampling steps, 1..T
-                  ) -> torch.Tensor: # (steps + 1,) decreasing noise levels ending in 0
+
+def default_sigmas(
+    name: str,  # one of SAMPLERS
+    schedule,  # the `Schedule` the network was trained with
+    steps: int,  # number of sampling steps, 1..T
+) -> torch.Tensor:  # (steps + 1,) decreasing noise levels ending in 0
     "The noise levels sampler `name` visits in `steps` steps, as the matching diffusers scheduler picks them."
     return _pick(SIGMAS, name, 'sampler')(schedule, steps)
 
-
 # %% ../nbs/07_samplers.ipynb #7d334eea
 @lru_cache(maxsize=None)
-def _count_evals(name:str, steps:int) -> int:
+def _count_evals(name: str, steps: int) -> int:
     "How many times sampler `name` calls a stand-in denoiser in `steps` steps (cached: the table asks often)."
     calls = []
+
     def counting(x, sigma):
         calls.append(sigma)
         return torch.zeros_like(x)
+
     sigmas = torch.cat([torch.linspace(steps, 1, steps), torch.zeros(1)])
     SAMPLERS[name](counting, torch.zeros(1, 1), sigmas, generator=torch.Generator())
     return len(calls)
 
-def num_evals(name:str, # one of SAMPLERS
-              steps:int, # number of sampling steps
-             ) -> int: # how many times the sampler calls the network
+
+def num_evals(
+    name: str,  # one of SAMPLERS
+    steps: int,  # number of sampling steps
+) -> int:  # how many times the sampler calls the network
     "The number of network evaluations sampler `name` makes in `steps` steps, counted on a stand-in denoiser."
     _pick(SAMPLERS, name, 'sampler')
     _check_steps(steps)
     return _count_evals(name, int(steps))
 
-def steps_for_evals(name:str, # one of SAMPLERS
-                    evals:int, # a budget of network evaluations
-                   ) -> int: # the most steps that fit in the budget (at least 1)
+
+def steps_for_evals(
+    name: str,  # one of SAMPLERS
+    evals: int,  # a budget of network evaluations
+) -> int:  # the most steps that fit in the budget (at least 1)
     "The largest number of steps for which sampler `name` makes at most `evals` network evaluations."
     _pick(SAMPLERS, name, 'sampler')
     if not _is_int(evals) or evals < 1:
         raise ValueError(f"evals (a budget of network evaluations) must be an integer >= 1, got {evals!r}")
-    lo, hi = 1, int(evals)                                       # num_evals grows with steps: bisect
+    lo, hi = 1, int(evals)  # num_evals grows with steps: bisect
     while lo < hi:
         mid = (lo + hi + 1) // 2
         if num_evals(name, mid) <= evals:
@@ -343,64 +389,76 @@ def steps_for_evals(name:str, # one of SAMPLERS
             hi = mid - 1
     return lo
 
-
 # %% ../nbs/07_samplers.ipynb #47c12092
 def _first_param(model):
     "The first parameter of `model` (None if it has none or is no module): where the network's dtype and device show."
     return next(iter(model.parameters()), None) if isinstance(model, nn.Module) else None
 
+
 def _device_of(model):
     p = _first_param(model)
     return p.device if p is not None else torch.device('cpu')
+
 
 def _dtype_of(model):
     p = _first_param(model)
     return p.dtype if p is not None else torch.float32
 
+
 def _check_model(model):
     "Raise unless `model` is a denoiser that carries its schedule: a `Denoiser`, or a guidance wrapper around one."
     if not callable(model) or not isinstance(getattr(model, 'schedule', None), Schedule):
-        raise TypeError(f"model must be a denoiser that carries its schedule, such as Denoiser(net, schedule, "
-                        f"objective) or a guidance wrapper around one; got {type(model).__name__}")
+        raise TypeError(
+            f"model must be a denoiser that carries its schedule, such as Denoiser(net, schedule, "
+            f"objective) or a guidance wrapper around one; got {type(model).__name__}"
+        )
 
-def _check_shape(shape, what:str='noise') -> tuple:
+
+def _check_shape(shape, what: str = 'noise') -> tuple:
     "`shape` as a tuple of ints >= 1 (the shape of a batch to draw), or a TypeError."
     if not isinstance(shape, (tuple, list)) or not shape or not all(_is_int(s) and s >= 1 for s in shape):
         got = repr(shape) if isinstance(shape, (tuple, list)) else _desc(shape)
-        raise TypeError(f"{what} must be a tensor of standard normal noise or the shape of the batch to draw "
-                        f"(integers >= 1, e.g. (16, 1, 16, 16)), got {got}")
+        raise TypeError(
+            f"{what} must be a tensor of standard normal noise or the shape of the batch to draw "
+            f"(integers >= 1, e.g. (16, 1, 16, 16)), got {got}"
+        )
     return tuple(int(s) for s in shape)
 
-def _check_noise(noise, model, what:str='noise'):
+
+def _check_noise(noise, model, what: str = 'noise'):
     "Raise unless `noise` is a finite floating-point tensor with the dtype and device of the network's weights."
     if not torch.is_tensor(noise) or not noise.is_floating_point():
         raise TypeError(f"{what} must be a floating-point tensor of standard normal noise, got {_desc(noise)}")
     p = _first_param(model)
     if p is not None and (noise.dtype, noise.device) != (p.dtype, p.device):
-        raise TypeError(f"{what} is {noise.dtype} on {noise.device}, but the network's weights are {p.dtype} on "
-                        f"{p.device}: pass {what}.to({str(p.device)!r}, {p.dtype}) (or convert the network)")
+        raise TypeError(
+            f"{what} is {noise.dtype} on {noise.device}, but the network's weights are {p.dtype} on "
+            f"{p.device}: pass {what}.to({str(p.device)!r}, {p.dtype}) (or convert the network)"
+        )
     if not noise.isfinite().all():
         raise ValueError(f"{what} must be finite, got {int((~noise.isfinite()).sum())} NaN or infinite values")
 
-
 # %% ../nbs/07_samplers.ipynb #ba98cede
-def _check_kwargs(fn, name:str, kwargs:dict):
+def _check_kwargs(fn, name: str, kwargs: dict):
     "Raise unless sampler `fn` takes every keyword argument in `kwargs`."
-    shared = ('model', 'x', 'sigmas', 'generator', 'callback', 'progress')      # every sampler's signature
+    shared = ('model', 'x', 'sigmas', 'generator', 'callback', 'progress')  # every sampler's signature
     own = [p for p in inspect.signature(fn).parameters if p not in shared]
     extra = sorted(set(kwargs) - set(own))
     if extra:
         raise TypeError(f"sampler {name!r} takes no argument {extra}; its own options: {own or 'none'}")
 
-def sample(name:str, # one of SAMPLERS: 'ddpm', 'ddim', 'euler', 'heun', 'dpmpp_2m'
-           model:Denoiser, # the denoiser (it carries the schedule the default noise levels come from)
-           noise, # (B, ...) standard normal noise, or the shape of the batch to draw
-           steps:int, # number of sampling steps, 1..T (see `num_evals` for what they cost)
-           *, generator:torch.Generator|None=None, # source of the starting noise and of any fresh noise
-           callback=None, # called after each step with dict(i, x, sigma, sigma_next, x0_hat)
-           progress:bool=False, # show a progress bar
-           **kwargs, # passed to the sampler, e.g. eta for 'ddim'
-          ) -> torch.Tensor: # (B, ...) samples at sigma = 0
+
+def sample(
+    name: str,  # one of SAMPLERS: 'ddpm', 'ddim', 'euler', 'heun', 'dpmpp_2m'
+    model: Denoiser,  # the denoiser (it carries the schedule the default noise levels come from)
+    noise,  # (B, ...) standard normal noise, or the shape of the batch to draw
+    steps: int,  # number of sampling steps, 1..T (see `num_evals` for what they cost)
+    *,
+    generator: torch.Generator | None = None,  # source of the starting noise and of any fresh noise
+    callback=None,  # called after each step with dict(i, x, sigma, sigma_next, x0_hat)
+    progress: bool = False,  # show a progress bar
+    **kwargs,  # passed to the sampler, e.g. eta for 'ddim'
+) -> torch.Tensor:  # (B, ...) samples at sigma = 0
     "Draw samples with sampler `name` in `steps` steps, from the noise levels the matching diffusers scheduler uses."
     fn = _pick(SAMPLERS, name, 'sampler')
     _check_model(model)
@@ -411,72 +469,85 @@ def sample(name:str, # one of SAMPLERS: 'ddpm', 'ddim', 'euler', 'heun', 'dpmpp_
     if not torch.is_tensor(noise):
         noise = _randn(_check_shape(noise), generator, _device_of(model), _dtype_of(model))
     _check_noise(noise, model)
-    x = noise * (1 + sigmas[0] ** 2).sqrt()                     # eq. (S1): x_T ~ N(0, I) in x_t space
+    x = noise * (1 + sigmas[0] ** 2).sqrt()  # eq. (S1): x_T ~ N(0, I) in x_t space
     return fn(model, x, sigmas, generator=generator, callback=callback, progress=progress, **kwargs)
 
-
 # %% ../nbs/07_samplers.ipynb #4cb96ca7
-TABLE_EVALS = (1000, 250, 100, 50, 20, 10, 5)          # the budgets of network evaluations of the course's table
-TABLE_PATH = WEIGHTS_DIR/'sampler_table.json'           # the full table, written by tools/tables/samplers.py
+TABLE_EVALS = (1000, 250, 100, 50, 20, 10, 5)  # the budgets of network evaluations of the course's table
+TABLE_PATH = WEIGHTS_DIR / 'sampler_table.json'  # the full table, written by tools/tables/samplers.py
+
 
 def _fid_digits():
-    return lambda x: fid(x.clamp(-1, 1), classifier='digits')        # samples are images: clamp to [-1, 1]
+    return lambda x: fid(x.clamp(-1, 1), classifier='digits')  # samples are images: clamp to [-1, 1]
 
-def _sw_toy(toy:str='gaussian_mixture', n_ref:int=10_000, n_proj:int=256, seed:int=1):
-    ref = toy_2d(toy, n_ref, generator=torch.Generator().manual_seed(seed))         # (n_ref, 2) fresh data
+
+def _sw_toy(toy: str = 'gaussian_mixture', n_ref: int = 10_000, n_proj: int = 256, seed: int = 1):
+    ref = toy_2d(toy, n_ref, generator=torch.Generator().manual_seed(seed))  # (n_ref, 2) fresh data
     return lambda x: sliced_wasserstein(x.cpu(), ref, n_proj, generator=torch.Generator().manual_seed(seed + 1))
 
+
 TABLE_SETUPS = {  # name -> shipped model, metric factory (lower is better), shape of one sample, samples per cell
-    'digits': dict(model='digits_unet', metric=_fid_digits, shape=(1, 16, 16), n=FID_N,
-                   label='FID (digits classifier)'),
-    'toy': dict(model='toy_mlp_gaussian_mixture', metric=_sw_toy, shape=(2,), n=2000,
-                label='sliced Wasserstein to the data'),
+    'digits': dict(
+        model='digits_unet', metric=_fid_digits, shape=(1, 16, 16), n=FID_N, label='FID (digits classifier)'
+    ),
+    'toy': dict(
+        model='toy_mlp_gaussian_mixture', metric=_sw_toy, shape=(2,), n=2000, label='sliced Wasserstein to the data'
+    ),
 }
 
-def weights_id(model:str) -> str:
+
+def weights_id(model: str) -> str:
     "The first 12 hex digits of the sha256 of shipped weights `model`: a table records which weights it measured."
     p = weights_path(f'{model}.safetensors')
     st = p.stat()
-    return _sha12(str(p), st.st_mtime_ns, st.st_size)            # hashed once per version of the file
+    return _sha12(str(p), st.st_mtime_ns, st.st_size)  # hashed once per version of the file
+
 
 @lru_cache(maxsize=None)
-def _sha12(path:str, mtime_ns:int, size:int) -> str:
+def _sha12(path: str, mtime_ns: int, size: int) -> str:
     import hashlib
+
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:12]
 
-
 # %% ../nbs/07_samplers.ipynb #5e7e83b0
-_DENOISER_INFO = ('schedule', 'T', 'objective')   # what a denoiser's metadata records of its training
+_DENOISER_INFO = ('schedule', 'T', 'objective')  # what a denoiser's metadata records of its training
 
-def load_denoiser(name:str, # a shipped model name (or path), saved by `save_pretrained`
-                  device='cpu') -> Denoiser:
+
+def load_denoiser(
+    name: str,  # a shipped model name (or path), saved by `save_pretrained`
+    device='cpu',
+) -> Denoiser:
     "A shipped network wrapped as a `Denoiser` with the schedule and objective it was trained with."
     net, info = load_pretrained(name, device=device)
     missing = [k for k in _DENOISER_INFO if k not in info]
     if missing:
         what = info.get('arch', type(net).__name__) + (f" of {info['lesson']}" if 'lesson' in info else '')
-        raise ValueError(f"{name!r} is not a denoiser: it holds a {what}, and its metadata records no {missing} "
-                         f"(a denoiser records its schedule, T and objective); load it with load_pretrained instead")
+        raise ValueError(
+            f"{name!r} is not a denoiser: it holds a {what}, and its metadata records no {missing} "
+            f"(a denoiser records its schedule, T and objective); load it with load_pretrained instead"
+        )
     return Denoiser(net, Schedule.from_name(info['schedule'], T=info['T']), info['objective'])
 
-def table_setup(name:str, # a key of TABLE_SETUPS: 'digits' or 'toy'
-                device=None, # where to put the network (default: cpu)
-               ) -> tuple: # (Denoiser, metric)
+
+def table_setup(
+    name: str,  # a key of TABLE_SETUPS: 'digits' or 'toy'
+    device=None,  # where to put the network (default: cpu)
+) -> tuple:  # (Denoiser, metric)
     "The denoiser and the metric of the comparison `name` of TABLE_SETUPS."
     setup = _pick(TABLE_SETUPS, name, 'table')
     return load_denoiser(setup['model'], device or 'cpu'), setup['metric']()
 
-
 # %% ../nbs/07_samplers.ipynb #fdc7efab
-def sampler_table(model:Denoiser, # the denoiser to sample from
-                  metric, # metric(samples) -> float, lower is better
-                  shape:tuple, # shape of the batch of samples each cell draws, e.g. (500, 1, 16, 16)
-                  evals=TABLE_EVALS, # budgets of network evaluations
-                  names=None, # samplers to compare (default: all of SAMPLERS)
-                  seed:int=0, # every cell starts from the noise of this seed (common random numbers)
-                  batch_size:int|None=None, # sample in chunks of this size (default: all at once)
-                  progress:bool=True, # show a progress bar over the cells
-                 ) -> list: # one dict(sampler, budget, steps, evals, value, seconds) per cell
+def sampler_table(
+    model: Denoiser,  # the denoiser to sample from
+    metric,  # metric(samples) -> float, lower is better
+    shape: tuple,  # shape of the batch of samples each cell draws, e.g. (500, 1, 16, 16)
+    evals=TABLE_EVALS,  # budgets of network evaluations
+    names=None,  # samplers to compare (default: all of SAMPLERS)
+    seed: int = 0,  # every cell starts from the noise of this seed (common random numbers)
+    batch_size: int | None = None,  # sample in chunks of this size (default: all at once)
+    progress: bool = True,  # show a progress bar over the cells
+) -> list:  # one dict(sampler, budget, steps, evals, value, seconds) per cell
     "Quality `metric` of every sampler at each budget of network evaluations, all from the same starting noise."
     _check_model(model)
     if not callable(metric):
@@ -488,28 +559,41 @@ def sampler_table(model:Denoiser, # the denoiser to sample from
     # every name and budget checked first
     cells = [(name, e, steps_for_evals(name, e)) for name in names for e in evals]
     rows = []
-    for name, e, steps in (progress_bar(cells) if progress else cells):
+    for name, e, steps in progress_bar(cells) if progress else cells:
         g = torch.Generator().manual_seed(seed)
         noise = _randn(shape, g, _device_of(model), _dtype_of(model))
         t0 = time.perf_counter()
         x = torch.cat([sample(name, model, c, steps, generator=g) for c in noise.split(batch_size or len(noise))])
-        rows.append(dict(sampler=name, budget=e, steps=steps, evals=num_evals(name, steps), value=float(metric(x)),
-                         seconds=round(time.perf_counter() - t0, 2)))
+        rows.append(
+            dict(
+                sampler=name,
+                budget=e,
+                steps=steps,
+                evals=num_evals(name, steps),
+                value=float(metric(x)),
+                seconds=round(time.perf_counter() - t0, 2),
+            )
+        )
     return rows
 
-
 # %% ../nbs/07_samplers.ipynb #5e749681
-def load_sampler_table(path=None, # a JSON written by tools/tables/samplers.py; default: the shipped TABLE_PATH
-                      ) -> dict:
+def load_sampler_table(
+    path=None,  # a JSON written by tools/tables/samplers.py; default: the shipped TABLE_PATH
+) -> dict:
     "The shipped table of sampler quality against network evaluations."
     path = Path(path) if path is not None else TABLE_PATH
     if not path.is_file():
         raise FileNotFoundError(f"No sampler table at {str(path)!r}; compute it with: python tools/tables/samplers.py")
     return json.loads(path.read_text())
 
-def plot_sampler_table(rows:list, # rows from `sampler_table`
-                       ax=None, # axes to draw into
-                       title:str|None=None, ylabel:str='value', **kwargs): # passed to ax.plot
+
+def plot_sampler_table(
+    rows: list,  # rows from `sampler_table`
+    ax=None,  # axes to draw into
+    title: str | None = None,
+    ylabel: str = 'value',
+    **kwargs,
+):  # passed to ax.plot
     "Quality against network evaluations, one line per sampler, evaluations on a log scale."
     if ax is None:
         _, ax = plt.subplots(figsize=(5, 3.5))
@@ -519,4 +603,3 @@ def plot_sampler_table(rows:list, # rows from `sampler_table`
     ax.set(xscale='log', xlabel='network evaluations', ylabel=ylabel, title=title or '')
     ax.legend(fontsize=8)
     return ax
-

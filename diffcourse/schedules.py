@@ -17,41 +17,52 @@ __all__ = ['SCHEDULES', 'SPACINGS', 'linear_betas', 'scaled_linear_betas', 'cosi
            'q_step', 'leading_timesteps', 'trailing_timesteps', 'linspace_timesteps', 'spaced_timesteps']
 
 # %% ../nbs/02_schedules.ipynb #e97e6235
-def linear_betas(T:int, # number of diffusion steps
-                 beta_start:float=1e-4, # beta of the first step (DDPM: 1e-4)
-                 beta_end:float=0.02, # beta of the last step (DDPM: 0.02)
-                ) -> torch.Tensor: # (T,) float64 betas
+def linear_betas(
+    T: int,  # number of diffusion steps
+    beta_start: float = 1e-4,  # beta of the first step (DDPM: 1e-4)
+    beta_end: float = 0.02,  # beta of the last step (DDPM: 0.02)
+) -> torch.Tensor:  # (T,) float64 betas
     "DDPM's linear schedule (Ho et al. 2020, §4): betas evenly spaced from `beta_start` to `beta_end`."
     return torch.linspace(beta_start, beta_end, T, dtype=torch.float64)
 
-def scaled_linear_betas(T:int, # number of diffusion steps
-                        beta_start:float=0.00085, # beta of the first step (Stable Diffusion: 0.00085)
-                        beta_end:float=0.012, # beta of the last step (Stable Diffusion: 0.012)
-                       ) -> torch.Tensor: # (T,) float64 betas
-    "Stable Diffusion's schedule: sqrt(beta) evenly spaced from sqrt(`beta_start`) to sqrt(`beta_end`)."
-    return torch.linspace(beta_start ** 0.5, beta_end ** 0.5, T, dtype=torch.float64) ** 2
 
-def cosine_abar(u:torch.Tensor, # continuous time in [0, 1]
-                s:float=0.008, # small offset so that beta is not tiny near u = 0
-               ) -> torch.Tensor: # f(u) = cos^2(((u + s) / (1 + s)) pi / 2), not yet divided by f(0)
+def scaled_linear_betas(
+    T: int,  # number of diffusion steps
+    beta_start: float = 0.00085,  # beta of the first step (Stable Diffusion: 0.00085)
+    beta_end: float = 0.012,  # beta of the last step (Stable Diffusion: 0.012)
+) -> torch.Tensor:  # (T,) float64 betas
+    "Stable Diffusion's schedule: sqrt(beta) evenly spaced from sqrt(`beta_start`) to sqrt(`beta_end`)."
+    return torch.linspace(beta_start**0.5, beta_end**0.5, T, dtype=torch.float64) ** 2
+
+
+def cosine_abar(
+    u: torch.Tensor,  # continuous time in [0, 1]
+    s: float = 0.008,  # small offset so that beta is not tiny near u = 0
+) -> torch.Tensor:  # f(u) = cos^2(((u + s) / (1 + s)) pi / 2), not yet divided by f(0)
     "The cosine schedule's f(u) (Nichol & Dhariwal 2021, eq. 17); abar_t = f(t/T) / f(0)."
     return torch.cos((u + s) / (1 + s) * math.pi / 2) ** 2
 
-def cosine_betas(T:int, # number of diffusion steps
-                 s:float=0.008, # offset of eq. (17)
-                 max_beta:float=0.999, # betas are clipped to at most this (the paper's 0.999)
-                ) -> torch.Tensor: # (T,) float64 betas
-    "The cosine schedule (Nichol & Dhariwal 2021, eq. 17), betas clipped to `max_beta`."
-    f = cosine_abar(torch.arange(T + 1, dtype=torch.float64) / T, s)   # f(t/T) for t = 0..T
-    return (1 - f[1:] / f[:-1]).clamp(max=max_beta)                      # beta_t = 1 - abar_t / abar_{t-1}
 
-def sigmoid_betas(T:int, # number of diffusion steps
-                  beta_start:float=1e-4, # smallest beta
-                  beta_end:float=0.02, # largest beta
-                  lo:float=-6., hi:float=6., # the sigmoid is evaluated on T points evenly spaced in [lo, hi]
-                 ) -> torch.Tensor: # (T,) float64 betas
+def cosine_betas(
+    T: int,  # number of diffusion steps
+    s: float = 0.008,  # offset of eq. (17)
+    max_beta: float = 0.999,  # betas are clipped to at most this (the paper's 0.999)
+) -> torch.Tensor:  # (T,) float64 betas
+    "The cosine schedule (Nichol & Dhariwal 2021, eq. 17), betas clipped to `max_beta`."
+    f = cosine_abar(torch.arange(T + 1, dtype=torch.float64) / T, s)  # f(t/T) for t = 0..T
+    return (1 - f[1:] / f[:-1]).clamp(max=max_beta)  # beta_t = 1 - abar_t / abar_{t-1}
+
+
+def sigmoid_betas(
+    T: int,  # number of diffusion steps
+    beta_start: float = 1e-4,  # smallest beta
+    beta_end: float = 0.02,  # largest beta
+    lo: float = -6.0,
+    hi: float = 6.0,  # the sigmoid is evaluated on T points evenly spaced in [lo, hi]
+) -> torch.Tensor:  # (T,) float64 betas
     "GeoDiff's sigmoid schedule (Xu et al. 2022), as diffusers' `beta_schedule='sigmoid'`."
     return torch.sigmoid(torch.linspace(lo, hi, T, dtype=torch.float64)) * (beta_end - beta_start) + beta_start
+
 
 SCHEDULES = dict(linear=linear_betas, scaled_linear=scaled_linear_betas, cosine=cosine_betas, sigmoid=sigmoid_betas)
 
@@ -62,11 +73,13 @@ def _desc(v) -> str:
         return f"a tensor of shape {tuple(v.shape)} and dtype {v.dtype}"
     return f"{type(v).__name__} {v!r}" if isinstance(v, (bool, int, float, str)) else type(v).__name__
 
+
 def _is_int(v) -> bool:
     "True for Python, numpy and 0-d torch integers; False for bools and everything else."
     if torch.is_tensor(v):
         return v.ndim == 0 and v.dtype in (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64)
     return isinstance(v, numbers.Integral) and not isinstance(v, bool)
+
 
 def _check_T(T) -> int:
     "`T` as an int, or a ValueError unless it is an integer >= 1."
@@ -76,55 +89,62 @@ def _check_T(T) -> int:
         raise ValueError(f"T must be >= 1 (the number of diffusion steps), got T={int(T)}")
     return int(T)
 
-def _check_betas(betas:torch.Tensor):
+
+def _check_betas(betas: torch.Tensor):
     "Raise a ValueError unless `betas` is a non-empty 1-D tensor with every value in (0, 1)."
     if betas.ndim != 1 or len(betas) == 0:
         raise ValueError(f"betas must be a non-empty 1-D tensor (T,), got shape {tuple(betas.shape)}")
-    bad = ~((betas > 0) & (betas < 1))                                   # NaN is bad too
+    bad = ~((betas > 0) & (betas < 1))  # NaN is bad too
     if bad.any():
         i = int(bad.nonzero()[0])
-        raise ValueError(f"betas must lie in (0, 1) (open interval); betas[{i}] = {betas[i].item()!r} "
-                         f"({int(bad.sum())} bad values)")
-
+        raise ValueError(
+            f"betas must lie in (0, 1) (open interval); betas[{i}] = {betas[i].item()!r} ({int(bad.sum())} bad values)"
+        )
 
 # %% ../nbs/02_schedules.ipynb #35d94af4
-def _betas64(name:str, T:int, **kw) -> torch.Tensor:
+def _betas64(name: str, T: int, **kw) -> torch.Tensor:
     if not isinstance(name, str) or name not in SCHEDULES:
         raise ValueError(f"Unknown schedule {name!r}; known schedules: {sorted(SCHEDULES)}")
     betas = SCHEDULES[name](_check_T(T), **kw)
     _check_betas(betas)
     return betas
 
-def get_betas(name:str, # one of SCHEDULES: 'linear', 'scaled_linear', 'cosine', 'sigmoid'
-              T:int, # number of diffusion steps
-              **kw, # passed to the schedule function (e.g. beta_start, beta_end, s, max_beta)
-             ) -> torch.Tensor: # (T,) float32 betas, computed in float64
+
+def get_betas(
+    name: str,  # one of SCHEDULES: 'linear', 'scaled_linear', 'cosine', 'sigmoid'
+    T: int,  # number of diffusion steps
+    **kw,  # passed to the schedule function (e.g. beta_start, beta_end, s, max_beta)
+) -> torch.Tensor:  # (T,) float32 betas, computed in float64
     "The betas of schedule `name` with `T` steps, checked to lie in (0, 1)."
     return _betas64(name, T, **kw).float()
 
-
 # %% ../nbs/02_schedules.ipynb #192134a1
-def abar_to_sigma(abar:torch.Tensor) -> torch.Tensor:
+def abar_to_sigma(abar: torch.Tensor) -> torch.Tensor:
     "EDM's sigma = sqrt((1 - abar) / abar): the noise std of x_t / sqrt(abar)."
     return ((1 - abar) / abar).sqrt()
 
-def sigma_to_abar(sigma:torch.Tensor) -> torch.Tensor:
-    "abar = 1 / (1 + sigma^2), the inverse of `abar_to_sigma`."
-    return 1 / (1 + sigma ** 2)
 
-def abar_to_logsnr(abar:torch.Tensor) -> torch.Tensor:
+def sigma_to_abar(sigma: torch.Tensor) -> torch.Tensor:
+    "abar = 1 / (1 + sigma^2), the inverse of `abar_to_sigma`."
+    return 1 / (1 + sigma**2)
+
+
+def abar_to_logsnr(abar: torch.Tensor) -> torch.Tensor:
     "log SNR = log(abar / (1 - abar))."
     return torch.log(abar) - torch.log1p(-abar)
 
-def logsnr_to_abar(logsnr:torch.Tensor) -> torch.Tensor:
+
+def logsnr_to_abar(logsnr: torch.Tensor) -> torch.Tensor:
     "abar = sigmoid(logsnr), the inverse of `abar_to_logsnr`."
     return torch.sigmoid(logsnr)
 
-def sigma_to_logsnr(sigma:torch.Tensor) -> torch.Tensor:
+
+def sigma_to_logsnr(sigma: torch.Tensor) -> torch.Tensor:
     "log SNR = -2 log sigma."
     return -2 * torch.log(sigma)
 
-def logsnr_to_sigma(logsnr:torch.Tensor) -> torch.Tensor:
+
+def logsnr_to_sigma(logsnr: torch.Tensor) -> torch.Tensor:
     "sigma = exp(-logsnr / 2)."
     return torch.exp(-logsnr / 2)
 
@@ -132,12 +152,14 @@ def logsnr_to_sigma(logsnr:torch.Tensor) -> torch.Tensor:
 @dataclass(eq=False)
 class Schedule:
     "The tables of a discrete variance schedule (float32, computed in float64). Index t = 0..T-1, as in diffusers."
-    betas:torch.Tensor # (T,) beta_t, the variance added by step t
-    alphas:torch.Tensor # (T,) alpha_t = 1 - beta_t
-    abar:torch.Tensor # (T,) alpha-bar_t = prod_{s<=t} alpha_s (diffusers: alphas_cumprod)
+
+    betas: torch.Tensor  # (T,) beta_t, the variance added by step t
+    alphas: torch.Tensor  # (T,) alpha_t = 1 - beta_t
+    abar: torch.Tensor  # (T,) alpha-bar_t = prod_{s<=t} alpha_s (diffusers: alphas_cumprod)
 
     @property
-    def T(self) -> int: return len(self.betas)
+    def T(self) -> int:
+        return len(self.betas)
 
     @classmethod
     def from_betas(cls, betas) -> Schedule:
@@ -148,7 +170,7 @@ class Schedule:
         return cls(b.float(), a.float(), torch.cumprod(a, 0).float())
 
     @classmethod
-    def from_name(cls, name:str='linear', T:int=1000, **kw) -> Schedule:
+    def from_name(cls, name: str = 'linear', T: int = 1000, **kw) -> Schedule:
         "A named schedule from `SCHEDULES`, e.g. `Schedule.from_name('cosine', T=1000)`."
         return cls.from_betas(_betas64(name, T, **kw))
 
@@ -156,22 +178,33 @@ class Schedule:
     def from_abar(cls, abar) -> Schedule:
         "A schedule from a strictly decreasing alpha-bar in (0, 1): beta_t = 1 - abar_t / abar_{t-1}."
         abar = torch.as_tensor(abar, dtype=torch.float64).detach().cpu()
-        if abar.ndim != 1 or len(abar) == 0: raise ValueError(f"abar must be a non-empty 1-D tensor (T,), got shape {tuple(abar.shape)}")
-        if not ((abar > 0) & (abar < 1)).all(): raise ValueError(f"abar must lie in (0, 1); got min {abar.min().item()!r}, max {abar.max().item()!r}")
+        if abar.ndim != 1 or len(abar) == 0:
+            raise ValueError(f"abar must be a non-empty 1-D tensor (T,), got shape {tuple(abar.shape)}")
+        if not ((abar > 0) & (abar < 1)).all():
+            raise ValueError(f"abar must lie in (0, 1); got min {abar.min().item()!r}, max {abar.max().item()!r}")
         up = (abar[1:] >= abar[:-1]).nonzero()
-        if len(up): i = int(up[0]) + 1; raise ValueError(f"abar must be strictly decreasing (noise only grows); abar[{i}] = {abar[i].item()!r} >= abar[{i-1}] = {abar[i-1].item()!r}")
+        if len(up):
+            i = int(up[0]) + 1
+            raise ValueError(
+                "abar must be strictly decreasing (noise only grows); "
+                f"abar[{i}] = {abar[i].item()!r} >= abar[{i - 1}] = {abar[i - 1].item()!r}"
+            )
         return cls.from_betas(1 - abar / torch.cat([abar.new_ones(1), abar[:-1]]))
 
     @property
-    def _abar64(self): return torch.cumprod(1 - self.betas.double(), 0)
+    def _abar64(self):
+        return torch.cumprod(1 - self.betas.double(), 0)
+
     @property
     def abar_prev(self) -> torch.Tensor:
-        "(T,) alpha-bar of the step before t (1 before the first step); diffusers: alphas_cumprod[t - 1], `one` at t = 0."
+        "(T,) alpha-bar of step t - 1 (1 before the first step); diffusers: alphas_cumprod[t - 1], `one` at t = 0."
         return torch.cat([self.abar.new_ones(1), self.abar[:-1]])
+
     @property
     def sigmas(self) -> torch.Tensor:
         "(T,) EDM sigma_t = sqrt((1 - abar_t) / abar_t), float32 (computed in float64)."
         return abar_to_sigma(self._abar64).float()
+
     @property
     def logsnr(self) -> torch.Tensor:
         "(T,) log SNR_t = log(abar_t / (1 - abar_t)), float32 (computed in float64)."
@@ -182,15 +215,17 @@ class Schedule:
         return Schedule(self.betas.to(device), self.alphas.to(device), self.abar.to(device))
 
     def __repr__(self):
-        return f"Schedule(T={self.T}, beta in [{self.betas.min().item():.3g}, {self.betas.max().item():.3g}], abar_T={self.abar[-1].item():.3g})"
+        beta_min, beta_max = self.betas.min().item(), self.betas.max().item()
+        return f"Schedule(T={self.T}, beta in [{beta_min:.3g}, {beta_max:.3g}], abar_T={self.abar[-1].item():.3g})"
 
 # %% ../nbs/02_schedules.ipynb #53acfe58
-def _check_schedule(schedule, what:str='schedule'):
+def _check_schedule(schedule, what: str = 'schedule'):
     "Raise a TypeError unless `schedule` is a `Schedule` (a common slip: passing its `abar` table instead)."
     if not isinstance(schedule, Schedule):
-        raise TypeError(f"{what} must be a diffcourse.schedules.Schedule (e.g. Schedule.from_name('linear', T=1000)), "
-                        f"got {_desc(schedule)}")
-
+        raise TypeError(
+            f"{what} must be a diffcourse.schedules.Schedule (e.g. Schedule.from_name('linear', T=1000)), "
+            f"got {_desc(schedule)}"
+        )
 
 # %% ../nbs/02_schedules.ipynb #a7f7f398
 def _check_table(abar):
@@ -198,26 +233,30 @@ def _check_table(abar):
     if not torch.is_tensor(abar) or abar.ndim != 1 or len(abar) < 2:
         raise ValueError(f"abar must be a 1-D table (schedule.abar) with at least 2 entries, got {_desc(abar)}")
 
-def t_to_logsnr(t:torch.Tensor, # fractional timesteps in [0, T-1]
-                abar:torch.Tensor, # (T,) the schedule's alpha-bar table
-               ) -> torch.Tensor: # log SNR at t, interpolated linearly between integer steps
+
+def t_to_logsnr(
+    t: torch.Tensor,  # fractional timesteps in [0, T-1]
+    abar: torch.Tensor,  # (T,) the schedule's alpha-bar table
+) -> torch.Tensor:  # log SNR at t, interpolated linearly between integer steps
     "Log-SNR at (possibly fractional) timesteps `t`, by linear interpolation of the schedule's table."
     _check_table(abar)
     t = torch.as_tensor(t, dtype=torch.float64, device=abar.device)
     T = len(abar)
-    if not ((t >= 0) & (t <= T - 1)).all():                               # NaN fails this too
-        raise ValueError(f"t must lie in [0, {T-1}], got values in [{t.min().item()}, {t.max().item()}]")
+    if not ((t >= 0) & (t <= T - 1)).all():  # NaN fails this too
+        raise ValueError(f"t must lie in [0, {T - 1}], got values in [{t.min().item()}, {t.max().item()}]")
     ls = abar_to_logsnr(abar.double())
     lo = t.floor().clamp(max=T - 2).long()
     w = t - lo
     return ls[lo] * (1 - w) + ls[lo + 1] * w
 
-def logsnr_to_t(logsnr:torch.Tensor, # log-SNR values (+inf, sigma = 0, gives t = 0)
-                abar:torch.Tensor, # (T,) the schedule's alpha-bar table
-               ) -> torch.Tensor: # fractional timesteps in [0, T-1] (clamped at the ends)
+
+def logsnr_to_t(
+    logsnr: torch.Tensor,  # log-SNR values (+inf, sigma = 0, gives t = 0)
+    abar: torch.Tensor,  # (T,) the schedule's alpha-bar table
+) -> torch.Tensor:  # fractional timesteps in [0, T-1] (clamped at the ends)
     "The fractional timestep with log-SNR `logsnr`, inverting `t_to_logsnr` (clamped to [0, T-1])."
     _check_table(abar)
-    neg = -abar_to_logsnr(abar.double())                          # increasing in t
+    neg = -abar_to_logsnr(abar.double())  # increasing in t
     q = -torch.as_tensor(logsnr, dtype=torch.float64, device=abar.device)
     if q.isnan().any():
         raise ValueError(f"logsnr must not be NaN, got {int(q.isnan().sum())} NaN values")
@@ -225,33 +264,35 @@ def logsnr_to_t(logsnr:torch.Tensor, # log-SNR values (+inf, sigma = 0, gives t 
     w = ((q - neg[i - 1]) / (neg[i] - neg[i - 1])).clamp(0, 1)
     return (i - 1) + w
 
-
 # %% ../nbs/02_schedules.ipynb #59042b5c
 def t_to_sigma(t, abar):
     "EDM sigma at fractional timesteps `t`."
     return logsnr_to_sigma(t_to_logsnr(t, abar))
 
+
 def sigma_to_t(sigma, abar):
     "The fractional timestep whose EDM sigma is `sigma` (clamped to [0, T-1]: sigma = 0 gives t = 0)."
     sigma = torch.as_tensor(sigma, dtype=torch.float64)
-    if not (sigma >= 0).all():                                             # NaN fails this too
-        raise ValueError(f"sigma must be a noise level >= 0, "
-                         f"got values in [{sigma.min().item()}, {sigma.max().item()}]")
+    if not (sigma >= 0).all():  # NaN fails this too
+        raise ValueError(
+            f"sigma must be a noise level >= 0, got values in [{sigma.min().item()}, {sigma.max().item()}]"
+        )
     return logsnr_to_t(sigma_to_logsnr(sigma), abar)
 
-
 # %% ../nbs/02_schedules.ipynb #742b666a
-def _check_data(x, name:str):
+def _check_data(x, name: str):
     "Raise a TypeError unless `x` is a floating-point tensor (integer data would silently round every coefficient)."
     if not torch.is_tensor(x) or not x.is_floating_point():
         raise TypeError(f"{name} must be a floating-point tensor, got {_desc(x)}")
 
-def _check_1d(table, name:str):
+
+def _check_1d(table, name: str):
     "Raise a TypeError unless `table` is a non-empty 1-D tensor, one of the schedule's (T,) tables."
     if not torch.is_tensor(table) or table.ndim != 1 or len(table) == 0:
         raise TypeError(f"{name} must be the schedule's (T,) table `schedule.{name}`, got {_desc(table)}")
 
-def _as_timesteps(t, T:int, B:int, device) -> torch.Tensor:
+
+def _as_timesteps(t, T: int, B: int, device) -> torch.Tensor:
     "`t` as a (B,) LongTensor on `device`, checked to lie in [0, T-1]."
     t = torch.as_tensor(t, device=device)
     if t.is_floating_point() or t.is_complex() or t.dtype == torch.bool:
@@ -261,15 +302,19 @@ def _as_timesteps(t, T:int, B:int, device) -> torch.Tensor:
     if t.shape != (B,):
         raise ValueError(f"timesteps t must have shape ({B},) to match the batch, got {tuple(t.shape)}")
     if len(t) and (t.min() < 0 or t.max() >= T):
-        raise ValueError(f"timesteps t must lie in [0, {T-1}] for a schedule of T={T} steps, "
-                         f"got values in [{t.min().item()}, {t.max().item()}]")
+        raise ValueError(
+            f"timesteps t must lie in [0, {T - 1}] for a schedule of T={T} steps, "
+            f"got values in [{t.min().item()}, {t.max().item()}]"
+        )
     return t.long()
 
-def q_sample(x0:torch.Tensor, # (B, ...) clean data
-             t:torch.Tensor, # (B,) integer timesteps in [0, T-1] (or one int for the whole batch)
-             eps:torch.Tensor, # (B, ...) standard normal noise, same shape as x0
-             abar:torch.Tensor, # (T,) the schedule's alpha-bar table
-            ) -> torch.Tensor: # (B, ...) x_t
+
+def q_sample(
+    x0: torch.Tensor,  # (B, ...) clean data
+    t: torch.Tensor,  # (B,) integer timesteps in [0, T-1] (or one int for the whole batch)
+    eps: torch.Tensor,  # (B, ...) standard normal noise, same shape as x0
+    abar: torch.Tensor,  # (T,) the schedule's alpha-bar table
+) -> torch.Tensor:  # (B, ...) x_t
     "Sample x_t ~ q(x_t | x_0) in closed form: sqrt(abar_t) x0 + sqrt(1 - abar_t) eps (DDPM eq. 4)."
     _check_data(x0, 'x0')
     _check_data(eps, 'eps')
@@ -277,16 +322,16 @@ def q_sample(x0:torch.Tensor, # (B, ...) clean data
     if eps.shape != x0.shape:
         raise ValueError(f"eps must have the shape of x0 {tuple(x0.shape)}, got {tuple(eps.shape)}")
     t = _as_timesteps(t, len(abar), len(x0), x0.device)
-    a = append_dims(abar.to(device=x0.device, dtype=x0.dtype)[t], x0.ndim)   # (B, 1, ...)
-    return a.sqrt() * x0 + (1 - a).sqrt() * eps                              # eq. (4)
-
+    a = append_dims(abar.to(device=x0.device, dtype=x0.dtype)[t], x0.ndim)  # (B, 1, ...)
+    return a.sqrt() * x0 + (1 - a).sqrt() * eps  # eq. (4)
 
 # %% ../nbs/02_schedules.ipynb #4b4a556c
-def q_step(x_prev:torch.Tensor, # (B, ...) x_{t-1}
-           t:torch.Tensor, # (B,) integer timesteps in [0, T-1] of the step to take
-           eps:torch.Tensor, # (B, ...) standard normal noise
-           betas:torch.Tensor, # (T,) the schedule's betas
-          ) -> torch.Tensor: # (B, ...) x_t
+def q_step(
+    x_prev: torch.Tensor,  # (B, ...) x_{t-1}
+    t: torch.Tensor,  # (B,) integer timesteps in [0, T-1] of the step to take
+    eps: torch.Tensor,  # (B, ...) standard normal noise
+    betas: torch.Tensor,  # (T,) the schedule's betas
+) -> torch.Tensor:  # (B, ...) x_t
     "One forward step x_t ~ q(x_t | x_{t-1}) = N(sqrt(1 - beta_t) x_{t-1}, beta_t I) (DDPM eq. 2)."
     _check_data(x_prev, 'x_prev')
     _check_data(eps, 'eps')
@@ -295,34 +340,39 @@ def q_step(x_prev:torch.Tensor, # (B, ...) x_{t-1}
         raise ValueError(f"eps must have the shape of x_prev {tuple(x_prev.shape)}, got {tuple(eps.shape)}")
     t = _as_timesteps(t, len(betas), len(x_prev), x_prev.device)
     b = append_dims(betas.to(device=x_prev.device, dtype=x_prev.dtype)[t], x_prev.ndim)
-    return (1 - b).sqrt() * x_prev + b.sqrt() * eps                          # eq. (2)
-
+    return (1 - b).sqrt() * x_prev + b.sqrt() * eps  # eq. (2)
 
 # %% ../nbs/02_schedules.ipynb #9c576c55
-def leading_timesteps(num_steps:int, T:int, offset:int=0) -> torch.Tensor:
+def leading_timesteps(num_steps: int, T: int, offset: int = 0) -> torch.Tensor:
     "i * (T // num_steps) + offset for i = n-1, ..., 0 (DDIM's spacing; diffusers 'leading' with `steps_offset`)."
-    return (torch.arange(num_steps - 1, -1, -1) * (T // num_steps) + offset)
+    return torch.arange(num_steps - 1, -1, -1) * (T // num_steps) + offset
 
-def trailing_timesteps(num_steps:int, T:int) -> torch.Tensor:
+
+def trailing_timesteps(num_steps: int, T: int) -> torch.Tensor:
     "round(T - i T / num_steps) - 1 for i = 0..n-1: starts at T - 1 (diffusers 'trailing')."
-    delta = (T - T / num_steps) - T                     # the step as numpy.arange rounds it: (start + step) - start
+    delta = (T - T / num_steps) - T  # the step as numpy.arange rounds it: (start + step) - start
     return torch.round(T + torch.arange(num_steps, dtype=torch.float64) * delta).long() - 1
 
-def linspace_timesteps(num_steps:int, T:int) -> torch.Tensor:
+
+def linspace_timesteps(num_steps: int, T: int) -> torch.Tensor:
     "num_steps points evenly spaced on [0, T - 1], rounded, descending (diffusers 'linspace')."
     t = torch.arange(num_steps, dtype=torch.float64)
     if num_steps > 1:
         # i * step, last point exact, as numpy.linspace computes them
-        t = t * ((T - 1) / (num_steps - 1)); t[-1] = T - 1
+        t = t * ((T - 1) / (num_steps - 1))
+        t[-1] = T - 1
     return t.round().long().flip(0)
+
 
 SPACINGS = dict(leading=leading_timesteps, trailing=trailing_timesteps, linspace=linspace_timesteps)
 
-def spaced_timesteps(num_steps:int, # how many sampling steps
-                     T:int, # number of training timesteps
-                     spacing:str='leading', # one of SPACINGS: 'leading', 'trailing', 'linspace'
-                     offset:int=0, # added to 'leading' timesteps (diffusers' steps_offset; the others ignore it)
-                    ) -> torch.Tensor: # (num_steps,) LongTensor, descending
+
+def spaced_timesteps(
+    num_steps: int,  # how many sampling steps
+    T: int,  # number of training timesteps
+    spacing: str = 'leading',  # one of SPACINGS: 'leading', 'trailing', 'linspace'
+    offset: int = 0,  # added to 'leading' timesteps (diffusers' steps_offset; the others ignore it)
+) -> torch.Tensor:  # (num_steps,) LongTensor, descending
     "The timesteps a sampler visits, as diffusers' DDPM/DDIM `set_timesteps` picks them."
     if not isinstance(spacing, str) or spacing not in SPACINGS:
         raise ValueError(f"Unknown spacing {spacing!r}; known spacings: {sorted(SPACINGS)}")
@@ -334,5 +384,5 @@ def spaced_timesteps(num_steps:int, # how many sampling steps
     num_steps, offset = int(num_steps), int(offset)
     ts = SPACINGS[spacing](num_steps, T, offset) if spacing == 'leading' else SPACINGS[spacing](num_steps, T)
     if ts.min() < 0 or ts.max() >= T:
-        raise ValueError(f"offset={offset} puts timesteps outside [0, {T-1}]: {ts.tolist()}")
+        raise ValueError(f"offset={offset} puts timesteps outside [0, {T - 1}]: {ts.tolist()}")
     return ts.long()

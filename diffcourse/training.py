@@ -15,8 +15,16 @@ import torch.nn.functional as F
 import matplotlib.pyplot as plt
 from fastprogress import progress_bar
 
-from .core import (save_safetensors, load_safetensors, weights_path, check_number, check_writable,
-                             remove_stale_temps, ARCHITECTURES, register_architecture)
+from diffcourse.core import (
+    save_safetensors,
+    load_safetensors,
+    weights_path,
+    check_number,
+    check_writable,
+    remove_stale_temps,
+    ARCHITECTURES,
+    register_architecture,
+)
 from .schedules import Schedule, q_sample
 from .elbo import v_from_x0_eps
 
@@ -28,24 +36,32 @@ __all__ = ['OBJECTIVES', 'LR_SCHEDULES', 'CHECKPOINT_FORMAT', 'WEIGHTS_FORMAT', 
 
 # %% ../nbs/04_ddpm.ipynb #c50dda51
 OBJECTIVES = {  # what the network is trained to output, from (x0, eps, abar_t)
-    'eps': lambda x0, eps, abar_t: eps,                         # eq. (14) of Ho et al.
-    'x0':  lambda x0, eps, abar_t: x0,
-    'v':   lambda x0, eps, abar_t: v_from_x0_eps(x0, eps, abar_t),  # Salimans & Ho, sec. 4
+    'eps': lambda x0, eps, abar_t: eps,  # eq. (14) of Ho et al.
+    'x0': lambda x0, eps, abar_t: x0,
+    'v': lambda x0, eps, abar_t: v_from_x0_eps(x0, eps, abar_t),  # Salimans & Ho, sec. 4
 }
-def _pick(table:dict, name:str, what:str):
+
+
+def _pick(table: dict, name: str, what: str):
     "Look `name` up in `table`, with an error that lists the valid names."
-    if name not in table: raise ValueError(f"Unknown {what} {name!r}; valid choices are {sorted(table)}")
+    if name not in table:
+        raise ValueError(f"Unknown {what} {name!r}; valid choices are {sorted(table)}")
     return table[name]
 
-def get_objective(name:str): "The target function of objective `name`, one of `OBJECTIVES`."; return _pick(OBJECTIVES, name, 'objective')
+
+def get_objective(name: str):
+    "The target function of objective `name`, one of `OBJECTIVES`."
+    return _pick(OBJECTIVES, name, 'objective')
 
 # %% ../nbs/04_ddpm.ipynb #8c548477
-def ddpm_loss(model, # model(x_t, t, **cond) -> prediction
-              x0:torch.Tensor, # (B, ...) clean data
-              schedule:Schedule, # the noise schedule (uses `schedule.abar`, (T,))
-              objective:str='eps', # what the model predicts: 'eps', 'x0' or 'v'
-              generator:torch.Generator|None=None, # randomness for t and eps (None: torch's global generator)
-              **cond): # conditioning passed to the model (class_labels=..., context=...)
+def ddpm_loss(
+    model,  # model(x_t, t, **cond) -> prediction
+    x0: torch.Tensor,  # (B, ...) clean data
+    schedule: Schedule,  # the noise schedule (uses `schedule.abar`, (T,))
+    objective: str = 'eps',  # what the model predicts: 'eps', 'x0' or 'v'
+    generator: torch.Generator | None = None,  # randomness for t and eps (None: torch's global generator)
+    **cond,
+):  # conditioning passed to the model (class_labels=..., context=...)
     "The simple DDPM loss: MSE between the model output at a random (t, x_t) and the target of `objective`."
     if not torch.is_tensor(x0) or not x0.is_floating_point() or x0.ndim < 1:
         got = f'a {x0.dtype} tensor of shape {tuple(x0.shape)}' if torch.is_tensor(x0) else type(x0).__name__
@@ -54,46 +70,58 @@ def ddpm_loss(model, # model(x_t, t, **cond) -> prediction
     abar = schedule.abar.to(x0.device)
     gdev = generator.device if generator is not None else x0.device
     t = torch.randint(0, len(abar), (x0.shape[0],), generator=generator, device=gdev).to(x0.device)  # (B,)
-    eps = torch.randn(x0.shape, generator=generator, device=gdev, dtype=x0.dtype).to(x0.device)      # (B, ...)
-    x_t = q_sample(x0, t, eps, abar)                                                                  # eq. (4)
-    return F.mse_loss(model(x_t, t, **cond), target_fn(x0, eps, abar[t]))                            # eq. (14)
+    eps = torch.randn(x0.shape, generator=generator, device=gdev, dtype=x0.dtype).to(x0.device)  # (B, ...)
+    x_t = q_sample(x0, t, eps, abar)  # eq. (4)
+    return F.mse_loss(model(x_t, t, **cond), target_fn(x0, eps, abar[t]))  # eq. (14)
 
 # %% ../nbs/04_ddpm.ipynb #095a57a7
-def timestep_embedding(t:torch.Tensor, # (B,) times (integer steps or floats)
-                       dim:int, # embedding size
-                       max_period:float=10000.): # longest wavelength
+def timestep_embedding(
+    t: torch.Tensor,  # (B,) times (integer steps or floats)
+    dim: int,  # embedding size
+    max_period: float = 10000.0,
+):  # longest wavelength
     "Sinusoidal embedding [cos | sin] of times `t`: (B,) -> (B, dim)."
     half = dim // 2
-    freqs = torch.exp(-math.log(max_period) * torch.arange(half, device=t.device, dtype=torch.float32) / half)  # (half,)
-    args = t.float()[:, None] * freqs[None]                                  # (B, half)
-    emb = torch.cat([args.cos(), args.sin()], dim=-1)                        # (B, 2*half)
-    return F.pad(emb, (0, dim % 2))                                          # (B, dim)
+    freqs = torch.exp(
+        -math.log(max_period) * torch.arange(half, device=t.device, dtype=torch.float32) / half
+    )  # (half,)
+    args = t.float()[:, None] * freqs[None]  # (B, half)
+    emb = torch.cat([args.cos(), args.sin()], dim=-1)  # (B, 2*half)
+    return F.pad(emb, (0, dim % 2))  # (B, dim)
 
 # %% ../nbs/04_ddpm.ipynb #3c277e07
-def _autocast_on(device_type:str) -> bool:
+def _autocast_on(device_type: str) -> bool:
     "Whether autocast is on for `device_type` (then an x of another float dtype than the weights is fine)."
     try:
         return torch.is_autocast_enabled(device_type)
-    except TypeError:                                                     # torch < 2.4 takes no argument
+    except TypeError:  # torch < 2.4 takes no argument
         return torch.is_autocast_enabled() if device_type == 'cuda' else torch.is_autocast_cpu_enabled()
 
-def check_x(x, # what the network got as x: (B, ...)
-            weight:torch.Tensor, # one of the network's parameters: x must have its dtype and device
-            what:str): # the network's name, for the messages
+
+def check_x(
+    x,  # what the network got as x: (B, ...)
+    weight: torch.Tensor,  # one of the network's parameters: x must have its dtype and device
+    what: str,
+):  # the network's name, for the messages
     "Check the input `x` of a network's `forward`: a floating-point tensor (B, ...) of the weights' dtype and device."
     if not torch.is_tensor(x) or not x.is_floating_point() or x.ndim < 2:
         got = f'a {x.dtype} tensor of shape {tuple(x.shape)}' if torch.is_tensor(x) else type(x).__name__
         raise TypeError(f"{what} wants x as a floating-point tensor (B, ...), got {got}")
     if x.dtype != weight.dtype and not _autocast_on(x.device.type):
-        raise TypeError(f"{what} wants x of dtype {weight.dtype} (that of its weights), got {x.dtype}; "
-                        f"convert it with x.to({weight.dtype})")
+        raise TypeError(
+            f"{what} wants x of dtype {weight.dtype} (that of its weights), got {x.dtype}; "
+            f"convert it with x.to({weight.dtype})"
+        )
     if x.device != weight.device:
         raise ValueError(f"{what} has its weights on {weight.device} but x is on {x.device}; move one of them")
 
-def check_x_t(x, # what the network got as x: (B, ...)
-              t, # what it got as t: one time for the batch, or (B,)
-              weight:torch.Tensor, # one of the network's parameters: x must have its dtype and device
-              what:str): # the network's name, for the messages
+
+def check_x_t(
+    x,  # what the network got as x: (B, ...)
+    t,  # what it got as t: one time for the batch, or (B,)
+    weight: torch.Tensor,  # one of the network's parameters: x must have its dtype and device
+    what: str,
+):  # the network's name, for the messages
     "Check the inputs of a network's `forward(x, t)`: `check_x`, and t one time for the batch or one per sample."
     check_x(x, weight, what)
     try:
@@ -101,18 +129,24 @@ def check_x_t(x, # what the network got as x: (B, ...)
     except (TypeError, ValueError, RuntimeError):
         raise TypeError(f"{what} wants t as a number or a tensor, got {type(t).__name__}") from None
     if tuple(tt.shape) not in ((), (1,), (len(x),)) or tt.dtype == torch.bool or tt.is_complex():
-        raise ValueError(f"{what} wants t as one time for the batch or a (B,) tensor of times with B = {len(x)}, "
-                         f"got a {tt.dtype} of shape {tuple(tt.shape)}")
+        raise ValueError(
+            f"{what} wants t as one time for the batch or a (B,) tensor of times with B = {len(x)}, "
+            f"got a {tt.dtype} of shape {tuple(tt.shape)}"
+        )
 
 # %% ../nbs/04_ddpm.ipynb #a79e7283
 @register_architecture
 class ToyMLP(nn.Module):
     "A residual MLP for flat data: `forward(x, t) -> x`-shaped prediction; x is (B, dim) or (B, ...) with dim features."
-    def __init__(self, dim:int=2, # number of features (2 for the 2-D toys, 256 for flattened 16x16 digits)
-                 hidden:int=128, # width
-                 depth:int=3, # residual blocks
-                 temb_dim:int=32, # size of the sinusoidal time embedding
-                 num_classes:int|None=None): # if set, `class_labels` condition it (index `num_classes` = no class)
+
+    def __init__(
+        self,
+        dim: int = 2,  # number of features (2 for the 2-D toys, 256 for flattened 16x16 digits)
+        hidden: int = 128,  # width
+        depth: int = 3,  # residual blocks
+        temb_dim: int = 32,  # size of the sinusoidal time embedding
+        num_classes: int | None = None,
+    ):  # if set, `class_labels` condition it (index `num_classes` = no class)
         super().__init__()
         for name, v, lo in (('dim', dim, 1), ('hidden', hidden, 1), ('depth', depth, 0), ('temb_dim', temb_dim, 2)):
             check_number(v, f'ToyMLP: {name}', lo, integer=True)
@@ -123,32 +157,40 @@ class ToyMLP(nn.Module):
         self.inp = nn.Linear(dim, hidden)
         self.temb = nn.Sequential(nn.Linear(temb_dim, hidden), nn.SiLU(), nn.Linear(hidden, hidden))
         self.cemb = nn.Embedding(num_classes + 1, hidden) if num_classes else None
-        self.blocks = nn.ModuleList(nn.Sequential(nn.LayerNorm(hidden), nn.SiLU(), nn.Linear(hidden, hidden), nn.SiLU(),
-                                                  nn.Linear(hidden, hidden)) for _ in range(depth))
+        self.blocks = nn.ModuleList(
+            nn.Sequential(
+                nn.LayerNorm(hidden), nn.SiLU(), nn.Linear(hidden, hidden), nn.SiLU(), nn.Linear(hidden, hidden)
+            )
+            for _ in range(depth)
+        )
         self.out = nn.Sequential(nn.LayerNorm(hidden), nn.SiLU(), nn.Linear(hidden, dim))
 
     def forward(self, x, t, class_labels=None):
         check_x_t(x, t, self.inp.weight, 'ToyMLP')
         B = x.shape[0]
         if math.prod(x.shape[1:]) != self.dim:
-            raise ValueError(f"ToyMLP(dim={self.dim}) wants x of shape (B, {self.dim}), or (B, ...) with {self.dim} "
-                             f"features, got {tuple(x.shape)}")
+            raise ValueError(
+                f"ToyMLP(dim={self.dim}) wants x of shape (B, {self.dim}), or (B, ...) with {self.dim} "
+                f"features, got {tuple(x.shape)}"
+            )
         if class_labels is not None and self.cemb is None:
             raise ValueError("ToyMLP got class_labels but was built with num_classes=None")
-        t = torch.as_tensor(t, device=x.device).expand(B)                     # scalar or (B,) -> (B,)
-        c = self.temb(timestep_embedding(t, self.temb_dim))                  # (B, hidden)
+        t = torch.as_tensor(t, device=x.device).expand(B)  # scalar or (B,) -> (B,)
+        c = self.temb(timestep_embedding(t, self.temb_dim))  # (B, hidden)
         if self.cemb is not None:
             c = c + self.cemb(null_class_labels(class_labels, B, self.num_classes, x.device))
-        h = self.inp(x.reshape(B, -1)) + c                                    # (B, hidden)
+        h = self.inp(x.reshape(B, -1)) + c  # (B, hidden)
         for blk in self.blocks:
             h = h + blk(h)
         return self.out(h).view_as(x)
 
 # %% ../nbs/04_ddpm.ipynb #03820e98
-def null_class_labels(class_labels, # (B,) int labels, one for the whole batch, or None for "no class"
-                      B:int, # the batch size
-                      num_classes:int, # the labels are 0..num_classes-1; `num_classes` itself is the null class
-                      device): # where the labels go
+def null_class_labels(
+    class_labels,  # (B,) int labels, one for the whole batch, or None for "no class"
+    B: int,  # the batch size
+    num_classes: int,  # the labels are 0..num_classes-1; `num_classes` itself is the null class
+    device,
+):  # where the labels go
     "Labels for a class embedding with a null class: None -> all `num_classes` (the unconditional index)."
     if class_labels is None:
         return torch.full((B,), num_classes, dtype=torch.long, device=device)
@@ -156,57 +198,77 @@ def null_class_labels(class_labels, # (B,) int labels, one for the whole batch, 
     if class_labels.is_floating_point() or class_labels.is_complex() or class_labels.dtype == torch.bool:
         raise TypeError(f"class_labels must be integers, got {class_labels.dtype}")
     if tuple(class_labels.shape) not in ((), (1,), (B,)):
-        raise ValueError(f"class_labels must be one label for the batch or one per sample, (B,) with B = {B}, "
-                         f"got shape {tuple(class_labels.shape)}")
+        raise ValueError(
+            f"class_labels must be one label for the batch or one per sample, (B,) with B = {B}, "
+            f"got shape {tuple(class_labels.shape)}"
+        )
     class_labels = class_labels.long().expand(B)
     if class_labels.min() < 0 or class_labels.max() > num_classes:
-        raise ValueError(f"class_labels must lie in [0, {num_classes}] ({num_classes} = no class), got values "
-                         f"from {class_labels.min().item()} to {class_labels.max().item()}")
+        raise ValueError(
+            f"class_labels must lie in [0, {num_classes}] ({num_classes} = no class), got values "
+            f"from {class_labels.min().item()} to {class_labels.max().item()}"
+        )
     return class_labels
 
 # %% ../nbs/04_ddpm.ipynb #fc046211
 LR_SCHEDULES = {  # multiplier of the base learning rate after s of n post-warm-up steps
-    'constant': lambda s, n: 1.,
-    'cosine':   lambda s, n: 0.5 * (1 + math.cos(math.pi * min(s / max(n, 1), 1.))),
-    'linear':   lambda s, n: max(0., 1 - s / max(n, 1)),
+    'constant': lambda s, n: 1.0,
+    'cosine': lambda s, n: 0.5 * (1 + math.cos(math.pi * min(s / max(n, 1), 1.0))),
+    'linear': lambda s, n: max(0.0, 1 - s / max(n, 1)),
 }
 
-def lr_at(step:int, # optimizer steps taken so far
-          steps:int, # total steps of the run
-          lr:float, # peak learning rate
-          schedule:str='cosine', # a key of `LR_SCHEDULES`
-          warmup:int=0): # steps of linear warm-up from ~0 to `lr`
+
+def lr_at(
+    step: int,  # optimizer steps taken so far
+    steps: int,  # total steps of the run
+    lr: float,  # peak learning rate
+    schedule: str = 'cosine',  # a key of `LR_SCHEDULES`
+    warmup: int = 0,
+):  # steps of linear warm-up from ~0 to `lr`
     "The learning rate at `step`: linear warm-up, then `schedule` decays it over the remaining steps."
     decay = _pick(LR_SCHEDULES, schedule, 'lr schedule')
-    if step < warmup: return lr * (step + 1) / warmup
+    if step < warmup:
+        return lr * (step + 1) / warmup
     return lr * decay(step - warmup, steps - warmup)
 
+
 @torch.no_grad()
-def ema_update(ema:nn.Module, # the running average, updated in place
-               model:nn.Module, # the model being trained
-               decay:float): # weight of the old average, e.g. 0.999
+def ema_update(
+    ema: nn.Module,  # the running average, updated in place
+    model: nn.Module,  # the model being trained
+    decay: float,
+):  # weight of the old average, e.g. 0.999
     "One step of the exponential moving average of the weights: ema <- decay * ema + (1 - decay) * model."
     torch._foreach_lerp_(list(ema.parameters()), [p.detach() for p in model.parameters()], 1 - decay)  # all at once
-    for e, b in zip(ema.buffers(), model.buffers()): e.copy_(b)
+    for e, b in zip(ema.buffers(), model.buffers()):
+        e.copy_(b)
 
 # %% ../nbs/04_ddpm.ipynb #47f1f011
-def _arch(model): return f'{type(model).__module__}.{type(model).__qualname__}'
+def _arch(model):
+    return f'{type(model).__module__}.{type(model).__qualname__}'
 
-def _arch_name(model) -> str|None:
+
+def _arch_name(model) -> str | None:
     "The name the class of `model` is registered under in `ARCHITECTURES`, or None."
     return next((k for k, c in ARCHITECTURES.items() if c is type(model)), None)
 
-def check_state_dict(model:nn.Module, # the model the tensors are meant for
-                     sd:dict, # name -> tensor
-                     source:str='checkpoint', # where `sd` came from, for the error message
-                     arch:str|None=None, # the architecture `sd` was saved from, if known
-                     config:dict|None=None): # the config `sd` was saved with, if known
+
+def check_state_dict(
+    model: nn.Module,  # the model the tensors are meant for
+    sd: dict,  # name -> tensor
+    source: str = 'checkpoint',  # where `sd` came from, for the error message
+    arch: str | None = None,  # the architecture `sd` was saved from, if known
+    config: dict | None = None,
+):  # the config `sd` was saved with, if known
     "Raise a clear error unless `sd` has exactly the keys and shapes of `model.state_dict()`."
     want = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     have = {k: tuple(v.shape) for k, v in sd.items()}
     missing, unexpected = sorted(set(want) - set(have)), sorted(set(have) - set(want))
-    wrong = [f"{k}: {have[k]} in the file, {want[k]} in the model" for k in sorted(set(want) & set(have))
-             if want[k] != have[k]]
+    wrong = [
+        f"{k}: {have[k]} in the file, {want[k]} in the model"
+        for k in sorted(set(want) & set(have))
+        if want[k] != have[k]
+    ]
     if not (missing or unexpected or wrong):
         return
     saved_from = f" (it was saved from {arch})" if arch and arch not in (_arch(model), _arch_name(model)) else ''
@@ -218,26 +280,37 @@ def check_state_dict(model:nn.Module, # the model the tensors are meant for
         msg.append(f"the file's config is {config}, the model's is {model.config}")
     raise ValueError('; '.join(msg))
 
-def _with_prefix(tensors, prefix): return {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+
+def _with_prefix(tensors, prefix):
+    return {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
 
 # %% ../nbs/04_ddpm.ipynb #79d1f434
 CHECKPOINT_FORMAT = 'diffcourse.checkpoint/1'
 
-def _opt_name(opt): return type(getattr(opt, 'optimizer', opt)).__name__   # see through Accelerate's wrapper
 
-def save_checkpoint(path, # the .safetensors file to write (atomically: the old one survives a failed save)
-                    model:nn.Module, # the (unwrapped) model
-                    optimizer:torch.optim.Optimizer|None=None, # its optimizer, whose state is saved too
-                    ema:nn.Module|None=None, # the EMA copy of the model
-                    losses:list|None=None, # the loss history so far
-                    rng:dict|None=None, # name -> RNG state tensors, e.g. {'cpu': (world, N) uint8}
-                    **info): # JSON-able run state stored in the metadata (step, epoch, ...)
+def _opt_name(opt):
+    return type(getattr(opt, 'optimizer', opt)).__name__  # see through Accelerate's wrapper
+
+
+def save_checkpoint(
+    path,  # the .safetensors file to write (atomically: the old one survives a failed save)
+    model: nn.Module,  # the (unwrapped) model
+    optimizer: torch.optim.Optimizer | None = None,  # its optimizer, whose state is saved too
+    ema: nn.Module | None = None,  # the EMA copy of the model
+    losses: list | None = None,  # the loss history so far
+    rng: dict | None = None,  # name -> RNG state tensors, e.g. {'cpu': (world, N) uint8}
+    **info,
+):  # JSON-able run state stored in the metadata (step, epoch, ...)
     "Write a training checkpoint to one safetensors file, atomically."
     tensors = {f'model.{k}': v.clone() for k, v in model.state_dict().items()}
     if ema is not None:
         tensors.update({f'ema.{k}': v.clone() for k, v in ema.state_dict().items()})
-    meta = {'format': CHECKPOINT_FORMAT, 'arch': _arch_name(model) or _arch(model),
-            'config': json.dumps(getattr(model, 'config', None)), 'info': json.dumps(info)}
+    meta = {
+        'format': CHECKPOINT_FORMAT,
+        'arch': _arch_name(model) or _arch(model),
+        'config': json.dumps(getattr(model, 'config', None)),
+        'info': json.dumps(info),
+    }
     if optimizer is not None:
         sd, scalars = optimizer.state_dict(), {}
         for i, st in sd['state'].items():
@@ -246,8 +319,11 @@ def save_checkpoint(path, # the .safetensors file to write (atomically: the old 
                     tensors[f'optim.{i}.{k}'] = v
                 else:
                     scalars[f'{i}.{k}'] = v
-        meta.update(optimizer=_opt_name(optimizer), optim_groups=json.dumps(sd['param_groups']),
-                    optim_scalars=json.dumps(scalars))
+        meta.update(
+            optimizer=_opt_name(optimizer),
+            optim_groups=json.dumps(sd['param_groups']),
+            optim_scalars=json.dumps(scalars),
+        )
     if losses is not None:
         tensors['losses'] = torch.tensor(losses, dtype=torch.float32)
     for k, v in (rng or {}).items():
@@ -257,11 +333,14 @@ def save_checkpoint(path, # the .safetensors file to write (atomically: the old 
 # %% ../nbs/04_ddpm.ipynb #9d4116a1
 _JSON_KINDS = {dict: 'a JSON object', list: 'a JSON list', type(None): 'null'}
 
-def _meta_json(meta:dict, # a file's metadata: name -> string
-               key:str, # the entry to read
-               source:str, # the file, for the messages
-               kinds:tuple=(dict,), # the JSON types that are valid, from `_JSON_KINDS`
-               default=KeyError): # returned when the entry is missing (KeyError: it must be there)
+
+def _meta_json(
+    meta: dict,  # a file's metadata: name -> string
+    key: str,  # the entry to read
+    source: str,  # the file, for the messages
+    kinds: tuple = (dict,),  # the JSON types that are valid, from `_JSON_KINDS`
+    default=KeyError,
+):  # returned when the entry is missing (KeyError: it must be there)
     "The metadata entry `key` parsed as JSON, or an error naming the file, the entry and what it should be."
     if key not in meta:
         if default is KeyError:
@@ -271,27 +350,32 @@ def _meta_json(meta:dict, # a file's metadata: name -> string
     try:
         value = json.loads(meta[key])
     except ValueError:
-        raise ValueError(f"{source}: its metadata {key!r} must be {want}, got text that is not JSON: "
-                         f"{meta[key][:100]!r}") from None
+        raise ValueError(
+            f"{source}: its metadata {key!r} must be {want}, got text that is not JSON: {meta[key][:100]!r}"
+        ) from None
     if not isinstance(value, kinds):
         raise ValueError(f"{source}: its metadata {key!r} must be {want}, got {meta[key][:100]!r}")
     return value
 
 # %% ../nbs/04_ddpm.ipynb #be28acc2
-_PER_PARAM = ('exp_avg', 'exp_avg_sq', 'max_exp_avg_sq', 'momentum_buffer')   # optimizer states shaped like a parameter
+_PER_PARAM = ('exp_avg', 'exp_avg_sq', 'max_exp_avg_sq', 'momentum_buffer')  # optimizer states shaped like a parameter
 
-def _optimizer_state(tensors:dict, meta:dict, optimizer, source:str) -> dict:
+
+def _optimizer_state(tensors: dict, meta: dict, optimizer, source: str) -> dict:
     "The optimizer state dict a checkpoint holds, checked against `optimizer` before anything is loaded."
     if 'optim_groups' not in meta:
         raise ValueError(f"{source} holds no optimizer state (it was saved without one)")
     if meta.get('optimizer') != _opt_name(optimizer):
-        raise ValueError(f"{source} holds a {meta.get('optimizer')} state, but the optimizer is a "
-                         f"{_opt_name(optimizer)}")
+        raise ValueError(
+            f"{source} holds a {meta.get('optimizer')} state, but the optimizer is a {_opt_name(optimizer)}"
+        )
     groups = _meta_json(meta, 'optim_groups', source, (list,))
     sizes = [len(g['params']) if isinstance(g, dict) and isinstance(g.get('params'), list) else None for g in groups]
     if sizes != [len(g['params']) for g in optimizer.param_groups]:
-        raise ValueError(f"{source}: its optimizer has parameter groups of sizes {sizes}, this one "
-                         f"{[len(g['params']) for g in optimizer.param_groups]}")
+        raise ValueError(
+            f"{source}: its optimizer has parameter groups of sizes {sizes}, this one "
+            f"{[len(g['params']) for g in optimizer.param_groups]}"
+        )
     params = {i: p for g, og in zip(groups, optimizer.param_groups) for i, p in zip(g['params'], og['params'])}
     state = {}
     for k, v in [*_with_prefix(tensors, 'optim.').items(), *_meta_json(meta, 'optim_scalars', source).items()]:
@@ -299,22 +383,28 @@ def _optimizer_state(tensors:dict, meta:dict, optimizer, source:str) -> dict:
         if not i.isdigit() or int(i) not in params or not name:
             raise ValueError(f"{source}: its optimizer state has an entry {k!r} for no parameter of the optimizer")
         if name in _PER_PARAM and (not torch.is_tensor(v) or v.shape != params[int(i)].shape):
-            raise ValueError(f"{source}: its optimizer state {k!r} has shape {tuple(getattr(v, 'shape', ()))}, "
-                             f"the parameter {tuple(params[int(i)].shape)}")
+            raise ValueError(
+                f"{source}: its optimizer state {k!r} has shape {tuple(getattr(v, 'shape', ()))}, "
+                f"the parameter {tuple(params[int(i)].shape)}"
+            )
         state.setdefault(int(i), {})[name] = v
     return {'state': state, 'param_groups': groups}
 
 # %% ../nbs/04_ddpm.ipynb #1d14d1b3
-def load_checkpoint(path, # a file written by `save_checkpoint`
-                    model:nn.Module, # loaded in place; must have the same architecture
-                    optimizer:torch.optim.Optimizer|None=None, # loaded in place if given
-                    ema:nn.Module|None=None): # loaded in place if given
+def load_checkpoint(
+    path,  # a file written by `save_checkpoint`
+    model: nn.Module,  # loaded in place; must have the same architecture
+    optimizer: torch.optim.Optimizer | None = None,  # loaded in place if given
+    ema: nn.Module | None = None,
+):  # loaded in place if given
     "Check a whole checkpoint, then load it into `model` (and optimizer, EMA); returns its info, 'losses' and 'rng'."
     tensors, meta = load_safetensors(path)
     src = f"checkpoint {str(path)!r}"
     if meta.get('format') != CHECKPOINT_FORMAT:
-        raise ValueError(f"{str(path)!r} is not a diffcourse checkpoint: expected metadata format "
-                         f"{CHECKPOINT_FORMAT!r}, got {meta.get('format')!r}")
+        raise ValueError(
+            f"{str(path)!r} is not a diffcourse checkpoint: expected metadata format "
+            f"{CHECKPOINT_FORMAT!r}, got {meta.get('format')!r}"
+        )
     info = _meta_json(meta, 'info', src)
     sd, ema_sd, rng = _with_prefix(tensors, 'model.'), _with_prefix(tensors, 'ema.'), _with_prefix(tensors, 'rng.')
     check_state_dict(model, sd, src, meta.get('arch'), _meta_json(meta, 'config', src, (dict, type(None)), None))
@@ -327,7 +417,7 @@ def load_checkpoint(path, # a file written by `save_checkpoint`
     bad += ['losses'] * ('losses' in tensors and tensors['losses'].ndim != 1)
     if bad:
         raise ValueError(f"{src}: these tensors are not what save_checkpoint writes: {bad}")
-    model.load_state_dict(sd)                                                   # everything checked: now load
+    model.load_state_dict(sd)  # everything checked: now load
     if ema is not None:
         ema.load_state_dict(ema_sd)
     if opt_state is not None:
@@ -340,34 +430,49 @@ def load_checkpoint(path, # a file written by `save_checkpoint`
 @dataclass
 class TrainState:
     "The state of a run: what `train` returns and what its `callback` sees after every step."
-    model: nn.Module # the model (unwrapped from any distributed wrapper)
-    ema: nn.Module|None # the EMA of its weights (None if `ema_decay` is 0)
-    optimizer: torch.optim.Optimizer
-    step: int = 0 # optimizer steps taken
-    epoch: int = 0 # passes over the data started
-    batch: int = 0 # batches taken from the current epoch
-    losses: list = field(default_factory=list) # loss per step, averaged over processes
-    accelerator: object = None
-    @property
-    def loss(self): return self.losses[-1] if self.losses else float('nan')
-    def plot(self, **kwargs): return plot_losses(self.losses, **kwargs)
 
-def plot_losses(losses:list, # loss per step
-                ax=None, # axes to draw into
-                label:str|None=None, # legend label
-                beta:float=0.95, # smoothing of the drawn curve (debiased EMA)
-                log:bool=True, # log-scale y axis
-                title:str|None='training loss'):
+    model: nn.Module  # the model (unwrapped from any distributed wrapper)
+    ema: nn.Module | None  # the EMA of its weights (None if `ema_decay` is 0)
+    optimizer: torch.optim.Optimizer
+    step: int = 0  # optimizer steps taken
+    epoch: int = 0  # passes over the data started
+    batch: int = 0  # batches taken from the current epoch
+    losses: list = field(default_factory=list)  # loss per step, averaged over processes
+    accelerator: object = None
+
+    @property
+    def loss(self):
+        return self.losses[-1] if self.losses else float('nan')
+
+    def plot(self, **kwargs):
+        return plot_losses(self.losses, **kwargs)
+
+
+def plot_losses(
+    losses: list,  # loss per step
+    ax=None,  # axes to draw into
+    label: str | None = None,  # legend label
+    beta: float = 0.95,  # smoothing of the drawn curve (debiased EMA)
+    log: bool = True,  # log-scale y axis
+    title: str | None = 'training loss',
+):
     "Plot a loss curve: the raw losses faintly, their smoothed average on top."
-    if ax is None: _, ax = plt.subplots(figsize=(5, 3))
-    avg, sm = 0., []
-    for i, l in enumerate(losses): avg = beta * avg + (1 - beta) * l; sm.append(avg / (1 - beta ** (i + 1)))
-    line, = ax.plot(sm, label=label)
+    if ax is None:
+        _, ax = plt.subplots(figsize=(5, 3))
+    avg, sm = 0.0, []
+    for i, l in enumerate(losses):
+        avg = beta * avg + (1 - beta) * l
+        sm.append(avg / (1 - beta ** (i + 1)))
+    (line,) = ax.plot(sm, label=label)
     ax.plot(losses, alpha=0.2, color=line.get_color(), lw=0.8)
-    if log: ax.set_yscale('log')
-    ax.set_xlabel('step'); ax.set_ylabel('loss')
-    if title: ax.set_title(title)
-    if label: ax.legend()
+    if log:
+        ax.set_yscale('log')
+    ax.set_xlabel('step')
+    ax.set_ylabel('loss')
+    if title:
+        ax.set_title(title)
+    if label:
+        ax.legend()
     return ax
 
 # %% ../nbs/04_ddpm.ipynb #2a2b6059
@@ -379,6 +484,7 @@ def _rng_states(accelerator, generator=None):
     if generator is not None:
         states['generator'] = generator.get_state()
     return {k: accelerator.gather(v[None].to(accelerator.device)).cpu() for k, v in states.items()}
+
 
 def _set_rng_states(rng, accelerator, seed, generator=None):
     "Restore this process's row of `rng`, or seed afresh (seed + process index) when there is none for it."
@@ -402,24 +508,41 @@ def _held_generators(fn) -> list:
     for cell in getattr(fn, '__closure__', None) or ():
         try:
             held.append(cell.cell_contents)
-        except ValueError:                                                   # a cell not filled yet
+        except ValueError:  # a cell not filled yet
             pass
     names, glob = getattr(getattr(fn, '__code__', None), 'co_names', ()), getattr(fn, '__globals__', {})
     held += [glob[n] for n in names if n in glob]
     return [v for v in held if isinstance(v, torch.Generator)]
 
 # %% ../nbs/04_ddpm.ipynb #79c0a3fd
-def _check_train_args(model, loss_fn, dl, steps, lr, lr_schedule, warmup, weight_decay, clip, ema_decay, ckpt,
-                      ckpt_every, seed, generator, callback):
+def _check_train_args(
+    model,
+    loss_fn,
+    dl,
+    steps,
+    lr,
+    lr_schedule,
+    warmup,
+    weight_decay,
+    clip,
+    ema_decay,
+    ckpt,
+    ckpt_every,
+    seed,
+    generator,
+    callback,
+):
     "Check the arguments of `train` before anything runs: each error names the argument, its value and what is valid."
     if not isinstance(model, nn.Module):
         raise TypeError(f"train wants model as an nn.Module, got {type(model).__name__}")
     if not callable(loss_fn) or (callback is not None and not callable(callback)):
-        raise TypeError(f"train wants loss_fn (and callback, if given) to be functions, got {loss_fn!r} and "
-                        f"{callback!r}")
+        raise TypeError(
+            f"train wants loss_fn (and callback, if given) to be functions, got {loss_fn!r} and {callback!r}"
+        )
     if isinstance(dl, Iterator) or not hasattr(dl, '__len__'):
-        raise TypeError(f"train wants dl as a DataLoader or a list of batches (re-iterable, with a length), "
-                        f"got {type(dl).__name__}")
+        raise TypeError(
+            f"train wants dl as a DataLoader or a list of batches (re-iterable, with a length), got {type(dl).__name__}"
+        )
     check_number(steps, 'steps', 1, integer=True)
     check_number(lr, 'lr', 0, lo_open=True)
     _pick(LR_SCHEDULES, lr_schedule, 'lr_schedule')
@@ -436,14 +559,17 @@ def _check_train_args(model, loss_fn, dl, steps, lr, lr_schedule, warmup, weight
     if ckpt is not None:
         check_writable(ckpt, 'ckpt')
     if ckpt is not None and any(g is not generator for g in _held_generators(loss_fn)):
-        raise ValueError("train: loss_fn draws from a torch.Generator that train was not given, so a run resumed from "
-                         "ckpt would draw other numbers; pass it as train(..., generator=g) and its state is saved "
-                         "and restored with the checkpoint")
+        raise ValueError(
+            "train: loss_fn draws from a torch.Generator that train was not given, so a run resumed from "
+            "ckpt would draw other numbers; pass it as train(..., generator=g) and its state is saved "
+            "and restored with the checkpoint"
+        )
 
 # %% ../nbs/04_ddpm.ipynb #11815496
 def _setup(model, dl, lr, weight_decay, ema_decay, seed, optimizer, accelerator):
     "Hand model, optimizer and data to Accelerate; make the run's state, with an EMA copy unless ema_decay is 0."
     from accelerate import Accelerator, DataLoaderConfiguration
+
     if accelerator is None:
         config = DataLoaderConfiguration(use_seedable_sampler=True, data_seed=seed)
         accelerator = Accelerator(rng_types=[], dataloader_config=config)
@@ -454,17 +580,19 @@ def _setup(model, dl, lr, weight_decay, ema_decay, seed, optimizer, accelerator)
     if is_dl:
         dl = accelerator.prepare(dl)
     if len(dl) == 0:
-        raise ValueError("train: the data loader yields no batches (is the dataset smaller than one batch with "
-                         "drop_last=True?)")
+        raise ValueError(
+            "train: the data loader yields no batches (is the dataset smaller than one batch with drop_last=True?)"
+        )
     net = accelerator.unwrap_model(model)
     ema = copy.deepcopy(net).requires_grad_(False).eval() if ema_decay else None
     model.train()
     return TrainState(net, ema, optimizer, accelerator=accelerator), model, dl, is_dl
 
-def _resume(state:TrainState, ckpt, resume:bool, generator, seed:int):
+
+def _resume(state: TrainState, ckpt, resume: bool, generator, seed: int):
     "Continue the run saved in `ckpt` if there is one: weights, optimizer, EMA, place in the data, RNG states."
     if ckpt is not None:
-        remove_stale_temps(ckpt)                                   # what a run killed mid-save left behind
+        remove_stale_temps(ckpt)  # what a run killed mid-save left behind
     if ckpt is None or not resume or not Path(ckpt).exists():
         return _set_rng_states({}, state.accelerator, seed)
     info = load_checkpoint(ckpt, state.model, state.optimizer, state.ema)
@@ -472,13 +600,15 @@ def _resume(state:TrainState, ckpt, resume:bool, generator, seed:int):
     for k in ('step', 'epoch', 'batch'):
         check_number(info.get(k), f"{src}: its info {k!r}", 0, integer=True)
     if ('generator' in info['rng']) != (generator is not None):
-        raise ValueError(f"{src} was written by a run {'with' if generator is None else 'without'} a loss generator "
-                         f"(train(..., generator=g)); resume it the same way, or pass resume=False to start afresh")
+        raise ValueError(
+            f"{src} was written by a run {'with' if generator is None else 'without'} a loss generator "
+            f"(train(..., generator=g)); resume it the same way, or pass resume=False to start afresh"
+        )
     state.step, state.epoch, state.batch, state.losses = info['step'], info['epoch'], info['batch'], info['losses']
     _set_rng_states(info['rng'], state.accelerator, seed, generator)
 
 # %% ../nbs/04_ddpm.ipynb #925cfe5b
-def _epoch_batches(dl, state:TrainState, is_dl:bool):
+def _epoch_batches(dl, state: TrainState, is_dl: bool):
     "An iterator over the rest of the current epoch, in the same order as an uninterrupted run."
     if hasattr(dl, 'set_epoch'):
         dl.set_epoch(state.epoch)
@@ -488,7 +618,8 @@ def _epoch_batches(dl, state:TrainState, is_dl:bool):
         return iter(state.accelerator.skip_first_batches(dl, state.batch))
     return itertools.islice(iter(dl), state.batch, None)
 
-def _next_batch(batches, dl, state:TrainState, is_dl:bool) -> tuple:
+
+def _next_batch(batches, dl, state: TrainState, is_dl: bool) -> tuple:
     "(the next batch, the iterator it came from), starting the next epoch when this one is done."
     with torch.random.fork_rng(devices=[]):  # data loading must not move the RNG stream the loss draws from
         try:
@@ -501,7 +632,7 @@ def _next_batch(batches, dl, state:TrainState, is_dl:bool) -> tuple:
     return batch, batches
 
 # %% ../nbs/04_ddpm.ipynb #c9265fd0
-def _train_step(state:TrainState, model, loss_fn, batch, lr:float, clip, ema_decay:float) -> float:
+def _train_step(state: TrainState, model, loss_fn, batch, lr: float, clip, ema_decay: float) -> float:
     "One optimizer step on `batch` at learning rate `lr`, then the EMA; returns the loss averaged over processes."
     acc, opt = state.accelerator, state.optimizer
     for g in opt.param_groups:
@@ -512,9 +643,11 @@ def _train_step(state:TrainState, model, loss_fn, batch, lr:float, clip, ema_dec
         raise TypeError(f"loss_fn must return a scalar tensor, got a {type(loss).__name__}{shape}")
     loss_val = acc.reduce(loss.detach().float(), 'mean').item()  # the same on every process
     if not math.isfinite(loss_val):
-        raise FloatingPointError(f"Loss is {loss_val} at step {state.step} (lr={lr:.3g}, last finite loss "
-                                 f"{state.loss:.4g}): training stopped. Lower the learning rate, keep gradient "
-                                 f"clipping on (clip={clip}), or check the batch for NaN/inf values.")
+        raise FloatingPointError(
+            f"Loss is {loss_val} at step {state.step} (lr={lr:.3g}, last finite loss "
+            f"{state.loss:.4g}): training stopped. Lower the learning rate, keep gradient "
+            f"clipping on (clip={clip}), or check the batch for NaN/inf values."
+        )
     opt.zero_grad(set_to_none=True)
     acc.backward(loss.reshape(()))
     if clip:
@@ -526,40 +659,67 @@ def _train_step(state:TrainState, model, loss_fn, batch, lr:float, clip, ema_dec
         ema_update(state.ema, state.model, min(ema_decay, (1 + state.step) / (10 + state.step)))
     return loss_val
 
-def _save(state:TrainState, ckpt, generator) -> int:
+
+def _save(state: TrainState, ckpt, generator) -> int:
     "Write the run's checkpoint from the main process (every process takes part in gathering the RNG states)."
     acc = state.accelerator
     rng = _rng_states(acc, generator)
     if acc.is_main_process:
-        save_checkpoint(ckpt, state.model, state.optimizer, state.ema, state.losses, rng, step=state.step,
-                        epoch=state.epoch, batch=state.batch)
+        save_checkpoint(
+            ckpt,
+            state.model,
+            state.optimizer,
+            state.ema,
+            state.losses,
+            rng,
+            step=state.step,
+            epoch=state.epoch,
+            batch=state.batch,
+        )
     acc.wait_for_everyone()
     return state.step
 
 # %% ../nbs/04_ddpm.ipynb #cdc68e2e
-def train(model:nn.Module, # any model; `loss_fn` decides how it is called
-          loss_fn, # loss_fn(model, batch) -> scalar tensor
-          dl, # a DataLoader (or a list of batches); it is cycled for `steps` steps
-          steps:int, # total optimizer steps of the run (a resumed run counts the steps already done)
-          lr:float=1e-3, # peak learning rate
-          *, lr_schedule:str='cosine', # 'cosine', 'linear' or 'constant' decay after warm-up
-          warmup:int=0, # linear warm-up steps
-          weight_decay:float=0., # AdamW weight decay
-          clip:float|None=1., # clip the gradient norm to this (None: no clipping)
-          ema_decay:float=0.999, # EMA of the weights, in [0, 1) (0: keep none)
-          ckpt=None, # path of the checkpoint file; written every `ckpt_every` steps and at the end
-          ckpt_every:int|None=None, # steps between checkpoints (None: only at the end)
-          resume:bool=True, # continue from `ckpt` if it exists
-          seed:int=0, # seeds torch's global generator (per process) and the data order
-          generator:torch.Generator|None=None, # the generator `loss_fn` draws from, if any: checkpointed with the run
-          callback=None, # callback(state) after every step; return True to stop
-          progress:bool=True, # show a progress bar with the live loss
-          optimizer:torch.optim.Optimizer|None=None, # default: AdamW(lr, weight_decay)
-          accelerator=None, # an `accelerate.Accelerator`; default: a new one (CPU, GPU or `accelerate launch`)
-         ) -> TrainState:
+def train(
+    model: nn.Module,  # any model; `loss_fn` decides how it is called
+    loss_fn,  # loss_fn(model, batch) -> scalar tensor
+    dl,  # a DataLoader (or a list of batches); it is cycled for `steps` steps
+    steps: int,  # total optimizer steps of the run (a resumed run counts the steps already done)
+    lr: float = 1e-3,  # peak learning rate
+    *,
+    lr_schedule: str = 'cosine',  # 'cosine', 'linear' or 'constant' decay after warm-up
+    warmup: int = 0,  # linear warm-up steps
+    weight_decay: float = 0.0,  # AdamW weight decay
+    clip: float | None = 1.0,  # clip the gradient norm to this (None: no clipping)
+    ema_decay: float = 0.999,  # EMA of the weights, in [0, 1) (0: keep none)
+    ckpt=None,  # path of the checkpoint file; written every `ckpt_every` steps and at the end
+    ckpt_every: int | None = None,  # steps between checkpoints (None: only at the end)
+    resume: bool = True,  # continue from `ckpt` if it exists
+    seed: int = 0,  # seeds torch's global generator (per process) and the data order
+    generator: torch.Generator | None = None,  # the generator `loss_fn` draws from, if any: checkpointed with the run
+    callback=None,  # callback(state) after every step; return True to stop
+    progress: bool = True,  # show a progress bar with the live loss
+    optimizer: torch.optim.Optimizer | None = None,  # default: AdamW(lr, weight_decay)
+    accelerator=None,  # an `accelerate.Accelerator`; default: a new one (CPU, GPU or `accelerate launch`)
+) -> TrainState:
     "Train `model` to minimise `loss_fn` over batches of `dl` with AdamW, LR schedule, clipping, EMA and checkpoints."
-    _check_train_args(model, loss_fn, dl, steps, lr, lr_schedule, warmup, weight_decay, clip, ema_decay, ckpt,
-                      ckpt_every, seed, generator, callback)
+    _check_train_args(
+        model,
+        loss_fn,
+        dl,
+        steps,
+        lr,
+        lr_schedule,
+        warmup,
+        weight_decay,
+        clip,
+        ema_decay,
+        ckpt,
+        ckpt_every,
+        seed,
+        generator,
+        callback,
+    )
     state, model, dl, is_dl = _setup(model, dl, lr, weight_decay, ema_decay, seed, optimizer, accelerator)
     _resume(state, ckpt, resume, generator, seed)
     batches, saved_at = _epoch_batches(dl, state, is_dl), state.step
@@ -580,13 +740,17 @@ def train(model:nn.Module, # any model; `loss_fn` decides how it is called
 # %% ../nbs/04_ddpm.ipynb #c0889390
 WEIGHTS_FORMAT = 'diffcourse.weights/1'
 
-def _check_config(cls:type, # the class to build
-                  config, # the keyword arguments to build it with
-                  source:str): # where `config` came from, for the message
+
+def _check_config(
+    cls: type,  # the class to build
+    config,  # the keyword arguments to build it with
+    source: str,
+):  # where `config` came from, for the message
     "Raise unless `config` is a dict of keyword arguments that `cls`'s constructor takes, the required ones all there."
     if not isinstance(config, dict):
-        raise ValueError(f"{source}: the config must be a dict (a JSON object) of {cls.__name__}'s arguments, "
-                         f"got {config!r:.100}")
+        raise ValueError(
+            f"{source}: the config must be a dict (a JSON object) of {cls.__name__}'s arguments, got {config!r:.100}"
+        )
     kinds = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
     params = {n: p for n, p in inspect.signature(cls).parameters.items() if p.kind in kinds}
     unknown = sorted(set(config) - set(params))
@@ -595,34 +759,46 @@ def _check_config(cls:type, # the class to build
         what = [f'unknown keys {unknown}'] * bool(unknown) + [f'missing required keys {missing}'] * bool(missing)
         raise ValueError(f"{source}: the config does not fit {cls.__name__}({', '.join(params)}): {'; '.join(what)}")
 
-def save_pretrained(model:nn.Module, # a model with a `config` dict (its constructor's keyword arguments)
-                    path, # the .safetensors file to write
-                    **info): # what a user needs to use it: schedule, T, objective, data, the command that made it...
+
+def save_pretrained(
+    model: nn.Module,  # a model with a `config` dict (its constructor's keyword arguments)
+    path,  # the .safetensors file to write
+    **info,
+):  # what a user needs to use it: schedule, T, objective, data, the command that made it...
     "Ship a model's weights with the config that rebuilds it and `info`, in one safetensors file."
     if not isinstance(getattr(model, 'config', None), dict):
-        raise ValueError(f"save_pretrained needs a model with a `config` dict of its constructor arguments; "
-                         f"{_arch(model)} has none")
+        raise ValueError(
+            f"save_pretrained needs a model with a `config` dict of its constructor arguments; {_arch(model)} has none"
+        )
     name = _arch_name(model)
     if name is None:
-        raise ValueError(f"save_pretrained: {_arch(model)} is not a registered architecture, so load_pretrained could "
-                         f"not rebuild it; decorate its class with @register_architecture")
+        raise ValueError(
+            f"save_pretrained: {_arch(model)} is not a registered architecture, so load_pretrained could "
+            f"not rebuild it; decorate its class with @register_architecture"
+        )
     _check_config(type(model), model.config, f"save_pretrained({name})")
-    meta = {**info, 'format': WEIGHTS_FORMAT, 'arch': name, 'config': model.config}   # non-strings stored as JSON
+    meta = {**info, 'format': WEIGHTS_FORMAT, 'arch': name, 'config': model.config}  # non-strings stored as JSON
     return save_safetensors({k: v.clone() for k, v in model.state_dict().items()}, path, metadata=meta)
 
 # %% ../nbs/04_ddpm.ipynb #30e4288f
 # the course's modules that register architectures, imported before a name is looked up:
 ARCHITECTURE_MODULES = ('diffcourse.training', 'diffcourse.unet', 'diffcourse.metrics', 'diffcourse.guidance')
 
-def _registered(name, # the architecture a file names
-                source:str): # the file, for the message
+
+def _registered(
+    name,  # the architecture a file names
+    source: str,
+):  # the file, for the message
     "The class registered as `name`, after importing the course's modules that register one; else a clear error."
-    for module in ARCHITECTURE_MODULES:                        # names fixed here, never read from a file
+    for module in ARCHITECTURE_MODULES:  # names fixed here, never read from a file
         importlib.import_module(module)
     if not isinstance(name, str) or name not in ARCHITECTURES:
-        raise ValueError(f"{source} names the architecture {name!r}, which is not registered; loading builds only "
-                         f"the registered architectures {sorted(ARCHITECTURES)}")
+        raise ValueError(
+            f"{source} names the architecture {name!r}, which is not registered; loading builds only "
+            f"the registered architectures {sorted(ARCHITECTURES)}"
+        )
     return ARCHITECTURES[name]
+
 
 def _parse(v):
     try:
@@ -631,8 +807,10 @@ def _parse(v):
         return v
 
 # %% ../nbs/04_ddpm.ipynb #76df1a38
-def load_pretrained(name, # a shipped name ('digits_unet'), or a path to a .safetensors file
-                    device='cpu'): # where to put the model
+def load_pretrained(
+    name,  # a shipped name ('digits_unet'), or a path to a .safetensors file
+    device='cpu',
+):  # where to put the model
     "Rebuild a model saved by `save_pretrained`, building only registered architectures; returns (model, info)."
     if not isinstance(name, (str, os.PathLike)):
         raise TypeError(f"load_pretrained wants a shipped name or a path, got {type(name).__name__}")
@@ -642,12 +820,14 @@ def load_pretrained(name, # a shipped name ('digits_unet'), or a path to a .safe
     tensors, meta = load_safetensors(path)
     src = f"weights {str(path)!r}"
     if meta.get('format') != WEIGHTS_FORMAT:
-        raise ValueError(f"{str(path)!r} is not a diffcourse weights file: expected metadata format "
-                         f"{WEIGHTS_FORMAT!r}, got {meta.get('format')!r}")
+        raise ValueError(
+            f"{str(path)!r} is not a diffcourse weights file: expected metadata format "
+            f"{WEIGHTS_FORMAT!r}, got {meta.get('format')!r}"
+        )
     cls, config = _registered(meta.get('arch'), src), _meta_json(meta, 'config', src)
     _check_config(cls, config, src)
     try:
-        with torch.device('meta'):                              # names and shapes only: no memory, no values
+        with torch.device('meta'):  # names and shapes only: no memory, no values
             skeleton = cls(**config)
     except (TypeError, ValueError) as e:
         raise ValueError(f"{src}: its config {config} does not build a {meta['arch']}: {e}") from e

@@ -17,42 +17,50 @@ __all__ = ['ResBlock', 'Attention', 'UNetBlock', 'Downsample', 'Upsample', 'UNet
 # %% ../nbs/05_unet.ipynb #47bd50be
 class ResBlock(nn.Module):
     "Two 3x3 convolutions with GroupNorm and SiLU, the embedding (time, class) added in between, and a skip connection."
-    def __init__(self, c_in:int, c_out:int, emb_dim:int, groups:int=8, dropout:float=0.):
+
+    def __init__(self, c_in: int, c_out: int, emb_dim: int, groups: int = 8, dropout: float = 0.0):
         super().__init__()
         self.norm1, self.conv1 = nn.GroupNorm(groups, c_in), nn.Conv2d(c_in, c_out, 3, padding=1)
         self.emb = nn.Linear(emb_dim, c_out)
-        self.norm2, self.drop, self.conv2 = nn.GroupNorm(groups, c_out), nn.Dropout(dropout), nn.Conv2d(c_out, c_out, 3, padding=1)
+        self.norm2, self.drop, self.conv2 = (
+            nn.GroupNorm(groups, c_out),
+            nn.Dropout(dropout),
+            nn.Conv2d(c_out, c_out, 3, padding=1),
+        )
         self.skip = nn.Conv2d(c_in, c_out, 1) if c_in != c_out else nn.Identity()
 
-    def forward(self, x, emb): # x (B, c_in, H, W), emb (B, emb_dim)
-        h = self.conv1(F.silu(self.norm1(x)))                    # (B, c_out, H, W)
-        h = h + append_dims(self.emb(F.silu(emb)), 4)            # (B, c_out, 1, 1) broadcast over H, W
-        h = self.conv2(self.drop(F.silu(self.norm2(h))))         # (B, c_out, H, W)
+    def forward(self, x, emb):  # x (B, c_in, H, W), emb (B, emb_dim)
+        h = self.conv1(F.silu(self.norm1(x)))  # (B, c_out, H, W)
+        h = h + append_dims(self.emb(F.silu(emb)), 4)  # (B, c_out, 1, 1) broadcast over H, W
+        h = self.conv2(self.drop(F.silu(self.norm2(h))))  # (B, c_out, H, W)
         return self.skip(x) + h
 
 # %% ../nbs/05_unet.ipynb #7aeaa736
 class Attention(nn.Module):
-    "Multi-head attention from the pixels of `x` to themselves (self-attention) or to a `context` sequence (cross-attention), residual."
-    def __init__(self, channels:int, heads:int=4, context_dim:int|None=None, groups:int=8):
+    "Residual multi-head attention over the pixels of `x`: self-attention, or cross-attention to a `context` sequence."
+
+    def __init__(self, channels: int, heads: int = 4, context_dim: int | None = None, groups: int = 8):
         super().__init__()
-        if channels % heads: raise ValueError(f"Attention: channels={channels} must be divisible by heads={heads}")
+        if channels % heads:
+            raise ValueError(f"Attention: channels={channels} must be divisible by heads={heads}")
         self.heads, self.norm = heads, nn.GroupNorm(groups, channels)
         self.q, self.kv = nn.Linear(channels, channels), nn.Linear(context_dim or channels, 2 * channels)
         self.out = nn.Linear(channels, channels)
 
-    def forward(self, x, context=None): # x (B, C, H, W); context (B, L, context_dim) or None for self-attention
+    def forward(self, x, context=None):  # x (B, C, H, W); context (B, L, context_dim) or None for self-attention
         B, C, H, W = x.shape
-        h = self.norm(x).flatten(2).transpose(1, 2)                                  # (B, HW, C) one token per pixel
-        k, v = self.kv(h if context is None else context).chunk(2, dim=-1)          # (B, L, C) each
-        heads = lambda z: z.unflatten(-1, (self.heads, -1)).transpose(1, 2)          # (B, heads, N, C/heads)
-        o = F.scaled_dot_product_attention(heads(self.q(h)), heads(k), heads(v))    # (B, heads, HW, C/heads)
-        o = self.out(o.transpose(1, 2).flatten(2))                                   # (B, HW, C)
+        h = self.norm(x).flatten(2).transpose(1, 2)  # (B, HW, C) one token per pixel
+        k, v = self.kv(h if context is None else context).chunk(2, dim=-1)  # (B, L, C) each
+        heads = lambda z: z.unflatten(-1, (self.heads, -1)).transpose(1, 2)  # (B, heads, N, C/heads)
+        o = F.scaled_dot_product_attention(heads(self.q(h)), heads(k), heads(v))  # (B, heads, HW, C/heads)
+        o = self.out(o.transpose(1, 2).flatten(2))  # (B, HW, C)
         return x + o.transpose(1, 2).reshape(B, C, H, W)
 
 # %% ../nbs/05_unet.ipynb #f183fc93
 class UNetBlock(nn.Module):
     "A ResBlock, then (optionally) self-attention and, when the U-Net takes a context, cross-attention to it."
-    def __init__(self, c_in, c_out, emb_dim, attn=False, heads=4, context_dim=None, groups=8, dropout=0.):
+
+    def __init__(self, c_in, c_out, emb_dim, attn=False, heads=4, context_dim=None, groups=8, dropout=0.0):
         super().__init__()
         self.res = ResBlock(c_in, c_out, emb_dim, groups, dropout)
         self.attn = Attention(c_out, heads, groups=groups) if attn else None
@@ -60,23 +68,38 @@ class UNetBlock(nn.Module):
 
     def forward(self, x, emb, context=None):
         x = self.res(x, emb)
-        if self.attn is not None: x = self.attn(x)
-        if self.cross is not None and context is not None: x = self.cross(x, context)
+        if self.attn is not None:
+            x = self.attn(x)
+        if self.cross is not None and context is not None:
+            x = self.cross(x, context)
         return x
+
 
 class Downsample(nn.Module):
     "Halve H and W with a stride-2 3x3 convolution."
-    def __init__(self, c): super().__init__(); self.conv = nn.Conv2d(c, c, 3, stride=2, padding=1)
-    def forward(self, x, emb=None, context=None): return self.conv(x)
+
+    def __init__(self, c):
+        super().__init__()
+        self.conv = nn.Conv2d(c, c, 3, stride=2, padding=1)
+
+    def forward(self, x, emb=None, context=None):
+        return self.conv(x)
+
 
 class Upsample(nn.Module):
     "Double H and W: nearest-neighbour upsampling, then a 3x3 convolution."
-    def __init__(self, c): super().__init__(); self.conv = nn.Conv2d(c, c, 3, padding=1)
-    def forward(self, x, emb=None, context=None): return self.conv(F.interpolate(x, scale_factor=2., mode='nearest'))
+
+    def __init__(self, c):
+        super().__init__()
+        self.conv = nn.Conv2d(c, c, 3, padding=1)
+
+    def forward(self, x, emb=None, context=None):
+        return self.conv(F.interpolate(x, scale_factor=2.0, mode='nearest'))
 
 # %% ../nbs/05_unet.ipynb #d6133325
-def _check_unet_config(in_channels, out_channels, channels, attn, layers, groups, heads, dropout, num_classes,
-                       context_dim):
+def _check_unet_config(
+    in_channels, out_channels, channels, attn, layers, groups, heads, dropout, num_classes, context_dim
+):
     "The U-Net's arguments checked, with `channels` and `attn` as tuples (attn: by default the coarsest level only)."
     sizes = dict(in_channels=in_channels, out_channels=out_channels, layers=layers, groups=groups, heads=heads)
     for name, v in sizes.items():
@@ -108,119 +131,203 @@ def _check_unet_input(net, x, t, class_labels, context):
         raise ValueError(f"UNet wants x of shape (B, {net.in_channels}, H, W), got {tuple(x.shape)}")
     f = 2 ** (net.levels - 1)
     if H % f or W % f:
-        raise ValueError(f"UNet with {net.levels} levels halves H and W {net.levels - 1} times: both must be multiples "
-                         f"of {f}, got H={H}, W={W}")
+        raise ValueError(
+            f"UNet with {net.levels} levels halves H and W {net.levels - 1} times: both must be multiples "
+            f"of {f}, got H={H}, W={W}"
+        )
     if class_labels is not None and net.cemb is None:
         raise ValueError("UNet got class_labels but was built with num_classes=None")
     if context is not None and net.context_dim is None:
         raise ValueError("UNet got a context but was built with context_dim=None")
-    ok = context is None or (torch.is_tensor(context) and context.ndim == 3 and context.dtype == x.dtype
-                             and context.shape[0] == B and context.shape[2] == net.context_dim)
+    ok = context is None or (
+        torch.is_tensor(context)
+        and context.ndim == 3
+        and context.dtype == x.dtype
+        and context.shape[0] == B
+        and context.shape[2] == net.context_dim
+    )
     if not ok:
         got = f'{context.dtype} of shape {tuple(context.shape)}' if torch.is_tensor(context) else type(context).__name__
-        raise ValueError(f"UNet wants context of shape (B, L, {net.context_dim}) with B = {B} and the dtype of x "
-                         f"({x.dtype}), got {got}")
+        raise ValueError(
+            f"UNet wants context of shape (B, L, {net.context_dim}) with B = {B} and the dtype of x "
+            f"({x.dtype}), got {got}"
+        )
 
 # %% ../nbs/05_unet.ipynb #dab65adf
 @register_architecture
 class UNet(nn.Module):
     "A U-Net for images: `forward(x, t, class_labels=None, context=None) -> (B, out_channels, H, W)`."
-    def __init__(self, in_channels:int=1, # channels of x
-                 out_channels:int=1, # channels of the output
-                 channels:tuple=(32, 64, 64), # width of each resolution level; H and W halve between levels
-                 attn:tuple|None=None, # self- (and cross-) attention at each level; None: the coarsest level only
-                 layers:int=1, # residual blocks per level on the way down (one more on the way up)
-                 groups:int=8, # GroupNorm groups; every width must be a multiple
-                 heads:int=4, # attention heads
-                 dropout:float=0., # dropout inside the residual blocks
-                 num_classes:int|None=None, # class conditioning: labels 0..num_classes-1, and num_classes = no class
-                 context_dim:int|None=None): # text conditioning: width D of a (B, L, D) context sequence
+
+    def __init__(
+        self,
+        in_channels: int = 1,  # channels of x
+        out_channels: int = 1,  # channels of the output
+        channels: tuple = (32, 64, 64),  # width of each resolution level; H and W halve between levels
+        attn: tuple | None = None,  # self- (and cross-) attention at each level; None: the coarsest level only
+        layers: int = 1,  # residual blocks per level on the way down (one more on the way up)
+        groups: int = 8,  # GroupNorm groups; every width must be a multiple
+        heads: int = 4,  # attention heads
+        dropout: float = 0.0,  # dropout inside the residual blocks
+        num_classes: int | None = None,  # class conditioning: labels 0..num_classes-1, and num_classes = no class
+        context_dim: int | None = None,
+    ):  # text conditioning: width D of a (B, L, D) context sequence
         super().__init__()
-        channels, attn = _check_unet_config(in_channels, out_channels, channels, attn, layers, groups, heads, dropout,
-                                            num_classes, context_dim)
-        self.config = dict(in_channels=in_channels, out_channels=out_channels, channels=list(channels), attn=list(attn),
-                           layers=layers, groups=groups, heads=heads, dropout=dropout, num_classes=num_classes,
-                           context_dim=context_dim)
+        channels, attn = _check_unet_config(
+            in_channels, out_channels, channels, attn, layers, groups, heads, dropout, num_classes, context_dim
+        )
+        self.config = dict(
+            in_channels=in_channels,
+            out_channels=out_channels,
+            channels=list(channels),
+            attn=list(attn),
+            layers=layers,
+            groups=groups,
+            heads=heads,
+            dropout=dropout,
+            num_classes=num_classes,
+            context_dim=context_dim,
+        )
         self.in_channels, self.num_classes, self.context_dim = in_channels, num_classes, context_dim
         self.levels = len(channels)
-        c0 = channels[0]; emb_dim = 4 * c0
+        c0 = channels[0]
+        emb_dim = 4 * c0
         self.temb = nn.Sequential(nn.Linear(c0, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
         self.cemb = nn.Embedding(num_classes + 1, emb_dim) if num_classes else None
         block = lambda ci, co, a: UNetBlock(ci, co, emb_dim, a, heads, context_dim, groups, dropout)
         self.conv_in = nn.Conv2d(in_channels, c0, 3, padding=1)
         self.down, skips, c = nn.ModuleList(), [c0], c0
         for i, (ch, a) in enumerate(zip(channels, attn)):
-            for _ in range(layers): self.down.append(block(c, ch, a)); c = ch; skips.append(c)
-            if i < self.levels - 1: self.down.append(Downsample(c)); skips.append(c)
+            for _ in range(layers):
+                self.down.append(block(c, ch, a))
+                c = ch
+                skips.append(c)
+            if i < self.levels - 1:
+                self.down.append(Downsample(c))
+                skips.append(c)
         self.mid = nn.ModuleList([block(c, c, True), block(c, c, False)])
         self.up = nn.ModuleList()
         for i, (ch, a) in reversed(list(enumerate(zip(channels, attn)))):
-            for _ in range(layers + 1): self.up.append(block(c + skips.pop(), ch, a)); c = ch
-            if i > 0: self.up.append(Upsample(c))
+            for _ in range(layers + 1):
+                self.up.append(block(c + skips.pop(), ch, a))
+                c = ch
+            if i > 0:
+                self.up.append(Upsample(c))
         self.norm_out, self.conv_out = nn.GroupNorm(groups, c), nn.Conv2d(c, out_channels, 3, padding=1)
-        nn.init.zeros_(self.conv_out.weight); nn.init.zeros_(self.conv_out.bias)  # start by predicting 0
+        nn.init.zeros_(self.conv_out.weight)
+        nn.init.zeros_(self.conv_out.bias)  # start by predicting 0
 
-    def forward(self, x, # (B, in_channels, H, W)
-                t, # (B,) times, or one scalar for the whole batch
-                class_labels=None, # (B,) ints in [0, num_classes]; None = the null class
-                context=None): # (B, L, context_dim) sequence to cross-attend to
+    def forward(
+        self,
+        x,  # (B, in_channels, H, W)
+        t,  # (B,) times, or one scalar for the whole batch
+        class_labels=None,  # (B,) ints in [0, num_classes]; None = the null class
+        context=None,
+    ):  # (B, L, context_dim) sequence to cross-attend to
         _check_unet_input(self, x, t, class_labels, context)
         B = x.shape[0]
-        t = torch.as_tensor(t, device=x.device).expand(B)                                     # (B,)
-        emb = self.temb(timestep_embedding(t, self.temb[0].in_features))                       # (B, E)
-        if self.cemb is not None: emb = emb + self.cemb(null_class_labels(class_labels, B, self.num_classes, x.device))
-        h = self.conv_in(x); hs = [h]                                                          # (B, c0, H, W)
-        for m in self.down: h = m(h, emb, context); hs.append(h)
-        for m in self.mid: h = m(h, emb, context)
+        t = torch.as_tensor(t, device=x.device).expand(B)  # (B,)
+        emb = self.temb(timestep_embedding(t, self.temb[0].in_features))  # (B, E)
+        if self.cemb is not None:
+            emb = emb + self.cemb(null_class_labels(class_labels, B, self.num_classes, x.device))
+        h = self.conv_in(x)
+        hs = [h]  # (B, c0, H, W)
+        for m in self.down:
+            h = m(h, emb, context)
+            hs.append(h)
+        for m in self.mid:
+            h = m(h, emb, context)
         for m in self.up:
             h = m(h, emb, context) if isinstance(m, Upsample) else m(torch.cat([h, hs.pop()], 1), emb, context)
-        return self.conv_out(F.silu(self.norm_out(h)))                                         # (B, out_channels, H, W)
+        return self.conv_out(F.silu(self.norm_out(h)))  # (B, out_channels, H, W)
 
 # %% ../nbs/05_unet.ipynb #6359c864
 _DOWN, _UP = {'DownBlock2D': False, 'AttnDownBlock2D': True}, {'UpBlock2D': False, 'AttnUpBlock2D': True}
 
-def from_diffusers(dm) -> UNet: # dm: a diffusers `UNet2DModel` built from the same parts
-    "Our `UNet` with the configuration and weights of a diffusers `UNet2DModel` (plain down/up blocks, positional time)."
+
+def from_diffusers(dm) -> UNet:  # dm: a diffusers `UNet2DModel` built from the same parts
+    "Our `UNet` with the config and weights of a diffusers `UNet2DModel` (plain down/up blocks, positional time)."
     cfg = dm.config
     bad = [t for t in cfg.down_block_types if t not in _DOWN] + [t for t in cfg.up_block_types if t not in _UP]
-    if bad: raise ValueError(f"from_diffusers supports down blocks {list(_DOWN)} and up blocks {list(_UP)}, got {bad}")
+    if bad:
+        raise ValueError(f"from_diffusers supports down blocks {list(_DOWN)} and up blocks {list(_UP)}, got {bad}")
     attn = [_DOWN[t] for t in cfg.down_block_types]
-    if [_UP[t] for t in cfg.up_block_types] != attn[::-1]: raise ValueError(f"up blocks {cfg.up_block_types} must mirror the down blocks {cfg.down_block_types}")
-    want = dict(time_embedding_type='positional', flip_sin_to_cos=True, freq_shift=0, class_embed_type=None,
-                resnet_time_scale_shift='default', add_attention=True, center_input_sample=False)
+    if [_UP[t] for t in cfg.up_block_types] != attn[::-1]:
+        raise ValueError(f"up blocks {cfg.up_block_types} must mirror the down blocks {cfg.down_block_types}")
+    want = dict(
+        time_embedding_type='positional',
+        flip_sin_to_cos=True,
+        freq_shift=0,
+        class_embed_type=None,
+        resnet_time_scale_shift='default',
+        add_attention=True,
+        center_input_sample=False,
+    )
     diff = {k: cfg.get(k) for k, v in want.items() if cfg.get(k, v) != v}
-    if diff: raise ValueError(f"from_diffusers needs {want}; this model has {diff}")
+    if diff:
+        raise ValueError(f"from_diffusers needs {want}; this model has {diff}")
     chans = list(cfg.block_out_channels)
     heads = {c // cfg.attention_head_dim for c, a in zip(chans + [chans[-1]], attn + [True]) if a}
-    if len(heads) != 1: raise ValueError(f"our UNet uses one number of heads everywhere; attention_head_dim={cfg.attention_head_dim} gives {sorted(heads)}")
+    if len(heads) != 1:
+        raise ValueError(
+            "our UNet uses one number of heads everywhere; "
+            f"attention_head_dim={cfg.attention_head_dim} gives {sorted(heads)}"
+        )
     L, n = len(chans), cfg.layers_per_block
     unet = UNet(cfg.in_channels, cfg.out_channels, chans, attn, n, cfg.norm_num_groups, heads.pop())
     sd, new = dm.state_dict(), {}
+
     def copy(src, dst):
         for p in ('weight', 'bias'):
-            if f'{src}.{p}' in sd: new[f'{dst}.{p}'] = sd[f'{src}.{p}']
+            if f'{src}.{p}' in sd:
+                new[f'{dst}.{p}'] = sd[f'{src}.{p}']
+
     def res(src, dst):
-        for a, b in [('norm1', 'norm1'), ('conv1', 'conv1'), ('time_emb_proj', 'emb'), ('norm2', 'norm2'), ('conv2', 'conv2'), ('conv_shortcut', 'skip')]:
+        for a, b in [
+            ('norm1', 'norm1'),
+            ('conv1', 'conv1'),
+            ('time_emb_proj', 'emb'),
+            ('norm2', 'norm2'),
+            ('conv2', 'conv2'),
+            ('conv_shortcut', 'skip'),
+        ]:
             copy(f'{src}.{a}', f'{dst}.{b}')
+
     def att(src, dst):
-        copy(f'{src}.group_norm', f'{dst}.norm'); copy(f'{src}.to_q', f'{dst}.q'); copy(f'{src}.to_out.0', f'{dst}.out')
-        for p in ('weight', 'bias'): new[f'{dst}.kv.{p}'] = torch.cat([sd[f'{src}.to_k.{p}'], sd[f'{src}.to_v.{p}']])  # (2C, ...) keys then values
-    copy('conv_in', 'conv_in'); copy('time_embedding.linear_1', 'temb.0'); copy('time_embedding.linear_2', 'temb.2')
+        copy(f'{src}.group_norm', f'{dst}.norm')
+        copy(f'{src}.to_q', f'{dst}.q')
+        copy(f'{src}.to_out.0', f'{dst}.out')
+        for p in ('weight', 'bias'):
+            new[f'{dst}.kv.{p}'] = torch.cat(
+                [sd[f'{src}.to_k.{p}'], sd[f'{src}.to_v.{p}']]
+            )  # (2C, ...) keys then values
+
+    copy('conv_in', 'conv_in')
+    copy('time_embedding.linear_1', 'temb.0')
+    copy('time_embedding.linear_2', 'temb.2')
     k = 0
-    for i in range(L):                                                   # encoder: level i, n blocks, then a downsampler
+    for i in range(L):  # encoder: level i, n blocks, then a downsampler
         for j in range(n):
             res(f'down_blocks.{i}.resnets.{j}', f'down.{k}.res')
-            if attn[i]: att(f'down_blocks.{i}.attentions.{j}', f'down.{k}.attn')
+            if attn[i]:
+                att(f'down_blocks.{i}.attentions.{j}', f'down.{k}.attn')
             k += 1
-        if i < L - 1: copy(f'down_blocks.{i}.downsamplers.0.conv', f'down.{k}.conv'); k += 1
-    res('mid_block.resnets.0', 'mid.0.res'); att('mid_block.attentions.0', 'mid.0.attn'); res('mid_block.resnets.1', 'mid.1.res')
+        if i < L - 1:
+            copy(f'down_blocks.{i}.downsamplers.0.conv', f'down.{k}.conv')
+            k += 1
+    res('mid_block.resnets.0', 'mid.0.res')
+    att('mid_block.attentions.0', 'mid.0.attn')
+    res('mid_block.resnets.1', 'mid.1.res')
     k = 0
-    for i in range(L):                                                   # decoder: up_blocks[0] is the coarsest level
+    for i in range(L):  # decoder: up_blocks[0] is the coarsest level
         for j in range(n + 1):
             res(f'up_blocks.{i}.resnets.{j}', f'up.{k}.res')
-            if attn[L - 1 - i]: att(f'up_blocks.{i}.attentions.{j}', f'up.{k}.attn')
+            if attn[L - 1 - i]:
+                att(f'up_blocks.{i}.attentions.{j}', f'up.{k}.attn')
             k += 1
-        if i < L - 1: copy(f'up_blocks.{i}.upsamplers.0.conv', f'up.{k}.conv'); k += 1
-    copy('conv_norm_out', 'norm_out'); copy('conv_out', 'conv_out')
+        if i < L - 1:
+            copy(f'up_blocks.{i}.upsamplers.0.conv', f'up.{k}.conv')
+            k += 1
+    copy('conv_norm_out', 'norm_out')
+    copy('conv_out', 'conv_out')
     unet.load_state_dict(new)
     return unet

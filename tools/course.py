@@ -20,19 +20,23 @@ Environment knobs:
                        DIFFCOURSE_TORCH="torch --index-url https://download.pytorch.org/whl/cu124".
     DIFFCOURSE_WORKERS number of pytest-xdist workers for `test` (default: the number of CPUs, at most 4).
 """
+
 import configparser, hashlib, json, os, re, secrets, shutil, socket, subprocess, sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-VENV = ROOT/'.venv'
-BIN = VENV/('Scripts' if os.name == 'nt' else 'bin')
-PY = BIN/('python.exe' if os.name == 'nt' else 'python')
-STAMP = VENV/'.diffcourse-installed'
-NBS = ROOT/'nbs'
-RESULTS = ROOT/'benchmarks'/'results.json'
-FIRST_LESSON = '02_schedules.ipynb'   # where diffusion starts; 00_*, 01_data: the helpers, symbols and data it uses
+VENV = ROOT / '.venv'
+BIN = VENV / ('Scripts' if os.name == 'nt' else 'bin')
+PY = BIN / ('python.exe' if os.name == 'nt' else 'python')
+STAMP = VENV / '.diffcourse-installed'
+NBS = ROOT / 'nbs'
+RESULTS = ROOT / 'benchmarks' / 'results.json'
+FIRST_LESSON = '02_schedules.ipynb'  # where diffusion starts; 00_*, 01_data: the helpers, symbols and data it uses
 
-def log(msg): print(f'[course] {msg}', flush=True)
+
+def log(msg):
+    print(f'[course] {msg}', flush=True)
+
 
 def venv_env(extra=None):
     "os.environ with the venv's bin first on PATH (what every command runs under), updated with `extra`."
@@ -41,24 +45,32 @@ def venv_env(extra=None):
     e.pop('PYTHONHOME', None)
     return e
 
+
 def sh(*args, env=None, check=True, **kw):
     "Run `args` with the venv's bin first on PATH; exit with its code if it fails and `check`."
     r = subprocess.run([str(a) for a in args], cwd=ROOT, env=venv_env(env), **kw)
-    if check and r.returncode: sys.exit(r.returncode)
+    if check and r.returncode:
+        sys.exit(r.returncode)
     return r
 
-def pip(*args): sh(PY, '-m', 'pip', 'install', '-q', '--disable-pip-version-check', *args)
+
+def pip(*args):
+    sh(PY, '-m', 'pip', 'install', '-q', '--disable-pip-version-check', *args)
+
 
 def settings():
     "settings.ini's [DEFAULT] section: the one home of the version, the requirements and the repository's URL."
     cp = configparser.ConfigParser(delimiters=['='])
-    cp.read(ROOT/'settings.ini', encoding='utf-8')
+    cp.read(ROOT / 'settings.ini', encoding='utf-8')
     return cp['DEFAULT']
+
 
 def _fingerprint():
     h = hashlib.sha256()
-    for f in ('settings.ini', 'setup.py'): h.update((ROOT/f).read_bytes())
+    for f in ('settings.ini', 'setup.py'):
+        h.update((ROOT / f).read_bytes())
     return h.hexdigest()
+
 
 def setup():
     "Create .venv, give it a torch (CPU by default, a user's own is kept), install diffcourse[dev] editable."
@@ -72,56 +84,98 @@ def setup():
     if not STAMP.exists() or STAMP.read_text() != _fingerprint():
         log('installing diffcourse[dev] (editable) and its dependencies')
         pip('-e', f'{ROOT}[dev]')
-        search = settings().get('search_requirements', '').split()   # optional: the site builds without it
+        search = settings().get('search_requirements', '').split()  # optional: the site builds without it
         quiet = ['-q', '--disable-pip-version-check']
         if search and sh(PY, '-m', 'pip', 'install', *quiet, *search, check=False).returncode:
             log(f'could not install {" ".join(search)}: the site will be built without search')
         STAMP.write_text(_fingerprint())
-    else: log('environment up to date')
+    else:
+        log('environment up to date')
+
 
 def export():
     log('exporting notebooks -> diffcourse/')
-    sh(BIN/'nbdev_export')
+    sh(BIN / 'nbdev_export')
+
 
 def build():
     "Export the library, then render the site into _docs/ (quarto when present, pandoc otherwise)."
-    setup(); export()
+    setup()
+    export()
     if shutil.which('quarto'):
         log('rendering the site with quarto (nbdev_docs)')
-        sh(BIN/'nbdev_docs')
+        sh(BIN / 'nbdev_docs')
     else:
         log('quarto not found: rendering the site with pandoc (tools/site.py)')
-        sh(PY, ROOT/'tools'/'site.py')
-    log(f'site ready: open {ROOT/"_docs"/"index.html"}')
-    if (ROOT/'_docs'/'pagefind').exists():
+        sh(PY, ROOT / 'tools' / 'site.py')
+    log(f'site ready: open {ROOT / "_docs" / "index.html"}')
+    if (ROOT / '_docs' / 'pagefind').exists():
         log('its search works when the site is served: .venv/bin/python -m http.server -d _docs 8000')
+
 
 def test(*extra):
     "nbval over every notebook in nbs/ and pytest over tests/, in one pytest run."
-    setup(); export()
+    setup()
+    export()
     n = os.environ.get('DIFFCOURSE_WORKERS', str(min(os.cpu_count() or 1, 4)))
     log(f'running nbval over nbs/ and pytest over tests/ with {n} workers')
-    r = sh(PY, '-m', 'pytest', '-n', n, '--dist', 'loadfile', '--nbval-lax', '--nbval-current-env',
-           '--nbval-sanitize-with', 'nbs/sanitize.cfg', '--nbval-cell-timeout', '900',
-           '-p', 'no:cacheprovider', '--durations', '15', '-ra', 'nbs', 'tests', *extra,
-           env={'IN_TEST': '1', 'MPLBACKEND': 'Agg', 'OMP_NUM_THREADS': str(max(1, (os.cpu_count() or 1) // int(n))), 'TOKENIZERS_PARALLELISM': 'false',
-                'HF_HUB_OFFLINE': '1', 'PYTHONWARNINGS': 'ignore::DeprecationWarning'}, check=False)
+    r = sh(
+        PY,
+        '-m',
+        'pytest',
+        '-n',
+        n,
+        '--dist',
+        'loadfile',
+        '--nbval-lax',
+        '--nbval-current-env',
+        '--nbval-sanitize-with',
+        'nbs/sanitize.cfg',
+        '--nbval-cell-timeout',
+        '900',
+        '-p',
+        'no:cacheprovider',
+        '--durations',
+        '15',
+        '-ra',
+        'nbs',
+        'tests',
+        *extra,
+        env={
+            'IN_TEST': '1',
+            'MPLBACKEND': 'Agg',
+            'OMP_NUM_THREADS': str(max(1, (os.cpu_count() or 1) // int(n))),
+            'TOKENIZERS_PARALLELISM': 'false',
+            'HF_HUB_OFFLINE': '1',
+            'PYTHONWARNINGS': 'ignore::DeprecationWarning',
+        },
+        check=False,
+    )
     sys.exit(r.returncode)
+
 
 def run(*nbs):
     "Execute notebooks in place (outputs kept for the site), then clean them with nbdev_clean."
     setup()
-    if not nbs: sys.exit('usage: course.py run nbs/NN_name.ipynb [...]')
-    code = ('import sys, nbformat\n'
-            'from nbclient import NotebookClient\n'
-            'for f in sys.argv[1:]:\n'
-            '    nb = nbformat.read(f, as_version=4)\n'
-            '    NotebookClient(nb, timeout=1800, kernel_name="python3", resources={"metadata": {"path": str(__import__("pathlib").Path(f).parent)}}).execute()\n'
-            '    nbformat.write(nb, f); print("executed", f, flush=True)\n')
-    sh(PY, '-c', code, *nbs, env={'MPLBACKEND': 'module://matplotlib_inline.backend_inline', 'HF_HUB_OFFLINE': '1'})  # nothing is downloaded
-    sh(BIN/'nbdev_clean', '--fname', 'nbs')
+    if not nbs:
+        sys.exit('usage: course.py run nbs/NN_name.ipynb [...]')
+    code = (
+        'import sys, nbformat\n'
+        'from nbclient import NotebookClient\n'
+        'for f in sys.argv[1:]:\n'
+        '    nb = nbformat.read(f, as_version=4)\n'
+        '    NotebookClient(nb, timeout=1800, kernel_name="python3",'
+        ' resources={"metadata": {"path": str(__import__("pathlib").Path(f).parent)}}).execute()\n'
+        '    nbformat.write(nb, f); print("executed", f, flush=True)\n'
+    )
+    sh(
+        PY, '-c', code, *nbs, env={'MPLBACKEND': 'module://matplotlib_inline.backend_inline', 'HF_HUB_OFFLINE': '1'}
+    )  # nothing is downloaded
+    sh(BIN / 'nbdev_clean', '--fname', 'nbs')
+
 
 # ---------------------------------------------------------------- lab: JupyterLab for learners
+
 
 def free_port(preferred=8888):
     "`preferred` when nothing listens on it at 127.0.0.1, else a free port the OS picks."
@@ -132,17 +186,28 @@ def free_port(preferred=8888):
             s.bind(('127.0.0.1', 0))
         return s.getsockname()[1]
 
+
 def lab_env(token):
     "The environment of `lab`: the token (not on the command line, where `ps` shows it) and the venv's kernel first."
     # JUPYTER_PREFER_ENV_PATH: the venv's python3 kernelspec comes before one in ~/.local/share/jupyter, and
     # jupyter_client starts it with the server's interpreter, the venv's.
     return venv_env({'JUPYTER_TOKEN': token, 'JUPYTER_PREFER_ENV_PATH': '1'})
 
+
 def lab_argv(port, *extra):
     "The command line of `lab`: the venv's JupyterLab on nbs/, listening on 127.0.0.1:`port` only."
-    root = ['--allow-root'] if hasattr(os, 'geteuid') and os.geteuid() == 0 else []   # jupyter refuses root without it
-    return [BIN/'jupyter', 'lab', f'--ServerApp.root_dir={NBS}', '--ServerApp.ip=127.0.0.1', f'--ServerApp.port={port}',
-            '--ServerApp.port_retries=0', *root, *extra]
+    root = ['--allow-root'] if hasattr(os, 'geteuid') and os.geteuid() == 0 else []  # jupyter refuses root without it
+    return [
+        BIN / 'jupyter',
+        'lab',
+        f'--ServerApp.root_dir={NBS}',
+        '--ServerApp.ip=127.0.0.1',
+        f'--ServerApp.port={port}',
+        '--ServerApp.port_retries=0',
+        *root,
+        *extra,
+    ]
+
 
 def lab(*extra):
     "Set up and export as every command does, then JupyterLab from .venv on the lessons; prints the URL to open."
@@ -156,13 +221,14 @@ def lab(*extra):
     p = subprocess.Popen([str(a) for a in lab_argv(port, *extra)], cwd=ROOT, env=lab_env(token))
     try:
         sys.exit(p.wait())
-    except KeyboardInterrupt:   # jupyter saw the Ctrl-C too; make it shut down (kernels included) without asking
+    except KeyboardInterrupt:  # jupyter saw the Ctrl-C too; make it shut down (kernels included) without asking
         p.terminate()
         try:
             p.wait(60)
         except subprocess.TimeoutExpired:
             p.kill()
         sys.exit(130)
+
 
 # ---------------------------------------------------------------- headers: what every lesson opens with
 COLAB = """#| hide
@@ -177,18 +243,22 @@ if 'google.colab' in sys.modules:
 COST_HEAD = '**What this lesson costs to run** (written by `benchmarks/run.py` from `benchmarks/results.json`):'
 TIME_ITEM, TRAINED_ITEM, LOADED_ITEM = '- time on a 2-core CPU:', '- trained live:', '- loaded:'
 
+
 def lessons():
     "The lesson notebooks: nbs/NN*.ipynb (index.ipynb, the home page, is not a lesson)."
     return sorted(p for p in NBS.glob('[0-9]*.ipynb'))
+
 
 def colab_source(version=None):
     "The Colab cell every lesson carries, for settings.ini's version (or `version`)."
     cfg = settings()
     return COLAB.format(version=version or cfg['version'], git_url=cfg['git_url'])
 
+
 def load_results():
     "benchmarks/results.json ({} before the first run)."
     return json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
+
 
 def lesson_needs(results=None):
     "Per lesson: file, title, time as you run it and as CI does (results.json), what it trains and loads (cost cell)."
@@ -199,9 +269,18 @@ def lesson_needs(results=None):
         title = next((m[1] for k, s in cells if k == 'markdown' and (m := re.match(r'#\s+(.+)', s))), f.stem)
         cost = next((s for k, s in cells if k == 'markdown' and s.startswith(COST_HEAD)), None)
         trained, loaded = cost_items(cost) if cost else ('(not stated yet)', '(not stated yet)')
-        rows.append(dict(file=f.name, title=title.strip(), learner=_took(res.get('notebooks', []), f.name, 'learner'),
-                         ci=_took(res.get('notebooks', []), f.name, 'ci'), trained=trained, loaded=loaded))
+        rows.append(
+            dict(
+                file=f.name,
+                title=title.strip(),
+                learner=_took(res.get('notebooks', []), f.name, 'learner'),
+                ci=_took(res.get('notebooks', []), f.name, 'ci'),
+                trained=trained,
+                loaded=loaded,
+            )
+        )
     return rows
+
 
 def _took(rows, name, mode):
     "How long `name` took in `mode` ('learner' or 'ci') in the benchmark rows, as words."
@@ -212,6 +291,7 @@ def _took(rows, name, mode):
         return 'did not finish in the last run'
     return f"{r['seconds']:.0f} s" if r['seconds'] < 90 else f"{r['seconds'] / 60:.1f} min"
 
+
 def time_line(name, results=None):
     "The lesson's generated time item: learner mode and CI mode from benchmarks/results.json, with the date measured."
     res = results if results is not None else load_results()
@@ -220,12 +300,16 @@ def time_line(name, results=None):
     run = res.get('measured', {}).get('notebooks', {}).get('date') or res.get('machine', {}).get('date')
     date = dates[-1] if dates else run
     when = f'; measured {date}' if date else ''
-    return (f'{TIME_ITEM} {_took(rows, name, "learner")} as you run it (one kernel, all cores); '
-            f'{_took(rows, name, "ci")} as CI runs it (`IN_TEST=1`, one thread){when}')
+    return (
+        f'{TIME_ITEM} {_took(rows, name, "learner")} as you run it (one kernel, all cores); '
+        f'{_took(rows, name, "ci")} as CI runs it (`IN_TEST=1`, one thread){when}'
+    )
+
 
 def cost_source(name, trained, loaded, results=None):
     "The markdown cell that says what a lesson costs: the generated time item, then what it trains live and loads."
     return '\n'.join([COST_HEAD, '', time_line(name, results), f'{TRAINED_ITEM} {trained}', f'{LOADED_ITEM} {loaded}'])
+
 
 def cost_items(source):
     "(trained, loaded): what a cost cell's markdown says the lesson trains live and loads."
@@ -234,9 +318,11 @@ def cost_items(source):
         raise ValueError(f'a cost cell wants the items {TRAINED_ITEM!r} and {LOADED_ITEM!r}; got {source!r}')
     return tuple(m[1] for m in found)
 
+
 def _lines(text):
     "A cell's source as notebooks store it: a list of lines, each but the last ending in a newline."
     return text.splitlines(keepends=True)
+
 
 def lesson_headers(nb, name, what=None, results=None):
     "`nb` (a notebook dict) with its Colab cell and cost cell current; `what` = (trained, loaded) for a new cost cell."
@@ -254,10 +340,13 @@ def lesson_headers(nb, name, what=None, results=None):
         source = _lines(cost_source(name, *what, results))
         cells.insert(badge + 1, dict(cell_type='markdown', id=secrets.token_hex(4), metadata={}, source=source))
     else:
-        raise ValueError(f'{name} has no cost cell yet: add a markdown cell after its badge that starts with '
-                         f'{COST_HEAD!r} and holds the items {TRAINED_ITEM!r} and {LOADED_ITEM!r}, then run '
-                         '`course.py headers` again')
+        raise ValueError(
+            f'{name} has no cost cell yet: add a markdown cell after its badge that starts with '
+            f'{COST_HEAD!r} and holds the items {TRAINED_ITEM!r} and {LOADED_ITEM!r}, then run '
+            '`course.py headers` again'
+        )
     return nb
+
 
 def headers(*nbs, what=None, results=None):
     "Rewrite lessons' Colab cell (settings.ini's version) and cost line (benchmarks/results.json), then clean them."
@@ -265,17 +354,25 @@ def headers(*nbs, what=None, results=None):
     for f in map(Path, nbs or lessons()):
         text = f.read_text()
         nb = lesson_headers(json.loads(text), f.name, (what or {}).get(f.stem), results)
-        new = json.dumps(nb, sort_keys=True, indent=1, ensure_ascii=False) + '\n'   # as nbdev writes notebooks
+        new = json.dumps(nb, sort_keys=True, indent=1, ensure_ascii=False) + '\n'  # as nbdev writes notebooks
         if new != text:
             f.write_text(new)
             changed.append(f)
     for f in changed:
-        sh(BIN/'nbdev_clean', '--fname', f)
+        sh(BIN / 'nbdev_clean', '--fname', f)
     log(f'lesson headers: {len(changed)} of {len(nbs or lessons())} notebooks rewritten')
     return changed
 
-CMDS = dict(setup=setup, build=build, test=test, run=run, lab=lab,
-            headers=lambda *nbs: (setup(), headers(*nbs)), export=lambda: (setup(), export()))
+
+CMDS = dict(
+    setup=setup,
+    build=build,
+    test=test,
+    run=run,
+    lab=lab,
+    headers=lambda *nbs: (setup(), headers(*nbs)),
+    export=lambda: (setup(), export()),
+)
 
 if __name__ == '__main__':
     if len(sys.argv) < 2 or sys.argv[1] not in CMDS:

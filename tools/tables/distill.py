@@ -13,13 +13,15 @@ runs/distill_table.partial.json under a key that includes that hash, so a rerun 
 changed; the table diffcourse/weights/distill_table.json is written (atomically) once every row of the requested
 tables is done.
 """
+
 import argparse, datetime, json, platform, time
 from pathlib import Path
 import torch
-from _atomic import write_json                                  # tools/tables/_atomic.py
+from _atomic import write_json  # tools/tables/_atomic.py
 from diffcourse.distill import DISTILL_SETUPS, TABLE_PATH, TABLE_ROWS, distill_table, row_name, weights_id
 
 COMMAND = '.venv/bin/python tools/tables/distill.py'
+
 
 def main(tables=tuple(DISTILL_SETUPS), seed=0, device='cpu', out=TABLE_PATH, partial='runs/distill_table.partial.json'):
     partial = Path(partial)
@@ -27,27 +29,41 @@ def main(tables=tuple(DISTILL_SETUPS), seed=0, device='cpu', out=TABLE_PATH, par
     for table in tables:
         for method, steps in TABLE_ROWS:
             key = f'{table}/{method}/{steps}/seed{seed}/{weights_id(row_name(table, method, steps))}'
-            if key in done: continue
+            if key in done:
+                continue
             t0 = time.time()
-            row, = distill_table(table, rows=((method, steps),), seed=seed, device=device, progress=False)
+            (row,) = distill_table(table, rows=((method, steps),), seed=seed, device=device, progress=False)
             assert key.endswith(row['weights']), (key, row)
             done[key] = row
             write_json(done, partial)
             print(f'{table:6} {method:12} {steps:4} steps: {row["value"]:.4f}  [{time.time() - t0:.0f}s]', flush=True)
     result = json.loads(Path(out).read_text()) if Path(out).is_file() else dict(command=COMMAND, tables={})
-    stamp = dict(created=datetime.datetime.now().isoformat(timespec='seconds'), torch=torch.__version__,
-                 device=str(device), machine=platform.machine(), seed=seed)
+    stamp = dict(
+        created=datetime.datetime.now().isoformat(timespec='seconds'),
+        torch=torch.__version__,
+        device=str(device),
+        machine=platform.machine(),
+        seed=seed,
+    )
     for t in tables:
         cmp = DISTILL_SETUPS[t]
-        result['tables'][t] = dict(teacher=cmp['teacher'], label=cmp['label'], n=cmp['n'], **stamp,
-                                   rows=[done[f'{t}/{m}/{s}/seed{seed}/{weights_id(row_name(t, m, s))}'] for m, s in TABLE_ROWS])
+        result['tables'][t] = dict(
+            teacher=cmp['teacher'],
+            label=cmp['label'],
+            n=cmp['n'],
+            **stamp,
+            rows=[done[f'{t}/{m}/{s}/seed{seed}/{weights_id(row_name(t, m, s))}'] for m, s in TABLE_ROWS],
+        )
     write_json(result, out)
     print('wrote', out)
+
 
 if __name__ == '__main__':
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument('--tables', nargs='+', default=list(DISTILL_SETUPS), choices=list(DISTILL_SETUPS))
-    p.add_argument('--seed', type=int, default=0); p.add_argument('--device', default='cpu')
-    p.add_argument('--out', default=str(TABLE_PATH)); p.add_argument('--partial', default='runs/distill_table.partial.json')
+    p.add_argument('--seed', type=int, default=0)
+    p.add_argument('--device', default='cpu')
+    p.add_argument('--out', default=str(TABLE_PATH))
+    p.add_argument('--partial', default='runs/distill_table.partial.json')
     a = p.parse_args()
     main(tuple(a.tables), a.seed, a.device, a.out, a.partial)

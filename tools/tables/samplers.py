@@ -14,17 +14,29 @@ and a run with other --evals adds to the table. diffcourse/weights/sampler_table
 at the end of each run: the cells computed are added to those already shipped for the same weights, seed and sample
 size (cells of other weights are dropped); tables not computed are kept as they were.
 """
+
 import argparse, datetime, json, platform, time
 from pathlib import Path
 import torch
-from _atomic import write_json                                  # tools/tables/_atomic.py
+from _atomic import write_json  # tools/tables/_atomic.py
 from diffcourse.samplers import SAMPLERS, TABLE_EVALS, TABLE_PATH, TABLE_SETUPS, table_setup, sampler_table, weights_id
 
 COMMAND = '.venv/bin/python tools/tables/samplers.py'
 
-def main(tables=tuple(TABLE_SETUPS), evals=TABLE_EVALS, names=tuple(SAMPLERS), seed=0, device='cpu', threads=None,
-         out=TABLE_PATH, partial='runs/sampler_table.partial.json', n=None):
-    if threads: torch.set_num_threads(threads)
+
+def main(
+    tables=tuple(TABLE_SETUPS),
+    evals=TABLE_EVALS,
+    names=tuple(SAMPLERS),
+    seed=0,
+    device='cpu',
+    threads=None,
+    out=TABLE_PATH,
+    partial='runs/sampler_table.partial.json',
+    n=None,
+):
+    if threads:
+        torch.set_num_threads(threads)
     partial = Path(partial)
     done = json.loads(partial.read_text()) if partial.is_file() else {}
     for table in tables:
@@ -34,39 +46,61 @@ def main(tables=tuple(TABLE_SETUPS), evals=TABLE_EVALS, names=tuple(SAMPLERS), s
         for name in names:
             for e in evals:
                 key = f'{table}/{wid}/{name}/{e}/seed{seed}/n{shape[0]}'
-                if key in done: continue
+                if key in done:
+                    continue
                 t0 = time.time()
-                row, = sampler_table(model, metric, shape, evals=(e,), names=(name,), seed=seed, progress=False)
+                (row,) = sampler_table(model, metric, shape, evals=(e,), names=(name,), seed=seed, progress=False)
                 done[key] = row
                 write_json(done, partial)
-                print(f'{table:6} {name:9} {row["evals"]:5} evals ({row["steps"]:4} steps): {row["value"]:.4f}  [{time.time() - t0:.0f}s]', flush=True)
+                print(
+                    f'{table:6} {name:9} {row["evals"]:5} evals ({row["steps"]:4} steps): {row["value"]:.4f}'
+                    f'  [{time.time() - t0:.0f}s]',
+                    flush=True,
+                )
     # update only the tables computed here, keeping the others of an existing file
     result = json.loads(Path(out).read_text()) if Path(out).is_file() else dict(command=COMMAND, tables={})
-    stamp = dict(created=datetime.datetime.now().isoformat(timespec='seconds'), torch=torch.__version__,
-                 device=str(device), machine=platform.machine(), seed=seed)
+    stamp = dict(
+        created=datetime.datetime.now().isoformat(timespec='seconds'),
+        torch=torch.__version__,
+        device=str(device),
+        machine=platform.machine(),
+        seed=seed,
+    )
     for t in tables:
         s, nt = TABLE_SETUPS[t], n or TABLE_SETUPS[t]['n']
         wid = weights_id(s['model'])
         # every finished cell of this table, these weights, seed and size: also those of earlier runs with other --evals
         old = result['tables'].get(t, {})
         same = old.get('weights_sha256') == wid and old.get('n') == nt and old.get('seed', seed) == seed
-        mine = {(r['sampler'], r['budget']): r for r in (old.get('rows', []) if same else [])}   # the shipped cells stay...
-        mine.update({(r['sampler'], r['budget']): r for k, r in done.items()                    # ...and this run's are added
-                     if k.startswith(f'{t}/{wid}/') and k.endswith(f'/seed{seed}/n{nt}')})
+        mine = {
+            (r['sampler'], r['budget']): r for r in (old.get('rows', []) if same else [])
+        }  # the shipped cells stay...
+        mine.update(
+            {
+                (r['sampler'], r['budget']): r
+                for k, r in done.items()  # ...and this run's are added
+                if k.startswith(f'{t}/{wid}/') and k.endswith(f'/seed{seed}/n{nt}')
+            }
+        )
         order = {name: i for i, name in enumerate(SAMPLERS)}
         rows = [mine[k] for k in sorted(mine, key=lambda k: (order[k[0]], -k[1]))]
         result['tables'][t] = dict(model=s['model'], weights_sha256=wid, label=s['label'], n=nt, **stamp, rows=rows)
     write_json(result, out)
     print('wrote', out)
 
+
 if __name__ == '__main__':
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument('--tables', nargs='+', default=list(TABLE_SETUPS), choices=list(TABLE_SETUPS))
     p.add_argument('--evals', nargs='+', type=int, default=list(TABLE_EVALS))
     p.add_argument('--samplers', nargs='+', default=list(SAMPLERS), choices=list(SAMPLERS))
-    p.add_argument('--n', type=int, default=None, help='samples per cell (default: TABLE_SETUPS, 500 digits / 2000 toy points)')
-    p.add_argument('--seed', type=int, default=0); p.add_argument('--device', default='cpu')
+    p.add_argument(
+        '--n', type=int, default=None, help='samples per cell (default: TABLE_SETUPS, 500 digits / 2000 toy points)'
+    )
+    p.add_argument('--seed', type=int, default=0)
+    p.add_argument('--device', default='cpu')
     p.add_argument('--threads', type=int, default=None, help='torch threads (default: torch decides)')
-    p.add_argument('--out', default=str(TABLE_PATH)); p.add_argument('--partial', default='runs/sampler_table.partial.json')
+    p.add_argument('--out', default=str(TABLE_PATH))
+    p.add_argument('--partial', default='runs/sampler_table.partial.json')
     a = p.parse_args()
     main(tuple(a.tables), tuple(a.evals), tuple(a.samplers), a.seed, a.device, a.threads, a.out, a.partial, a.n)

@@ -1,9 +1,11 @@
 """The glyphs classifier whose features FID uses (lesson 06), trained by the course's own loop.
 
-    .venv/bin/python tools/weights/classifier_glyphs.py    # writes diffcourse/weights/classifier_glyphs.safetensors
+.venv/bin/python tools/weights/classifier_glyphs.py    # writes diffcourse/weights/classifier_glyphs.safetensors
 """
+
 import sys
 from pathlib import Path
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _classifier import ship_classifier
 
