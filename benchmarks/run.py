@@ -249,7 +249,7 @@ def bench_samplers(args, devices):
 
 # ---------------------------------------------------------------- 3. U-Net training throughput
 def digits_config():
-    """The shipped digits U-Net's configuration: CONFIG of tools/weights/digits_unet.py
+    """The shipped digits U-Net's configuration: the config nbs/00b_artifacts.ipynb declares for digits_unet
     (imported; its main() is not run)."""
     import importlib.util
 

@@ -11,7 +11,7 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
-from .core import save_safetensors, load_safetensors, weights_path, append_dims, check_number
+from .core import save_safetensors, load_safetensors, weights_path, append_dims, check_number, randn
 from .data import net_timeout, is_offline
 from .guidance import GradientGuidance, _shape_of
 
@@ -56,9 +56,9 @@ def bpe_merges(
 
 # %% ../nbs/08b_clip.ipynb #551fec0e
 BOS, EOS = '<|startoftext|>', '<|endoftext|>'
-TOKENIZER_ALPHABET = (
-    string.ascii_lowercase + string.digits + string.punctuation
-)  # what a prompt may use (after lower-casing), besides spaces
+_SPECIAL_IDS = dict(bos_token_id=0, eos_token_id=1, pad_token_id=1)  # their ids in `glyph_vocab`; the end token pads
+# what a prompt may use (after lower-casing), besides spaces
+TOKENIZER_ALPHABET = string.ascii_lowercase + string.digits + string.punctuation
 
 
 def glyph_vocab(merges: list) -> dict:  # symbol -> id
@@ -71,7 +71,7 @@ def glyph_vocab(merges: list) -> dict:  # symbol -> id
         vocab.setdefault(a + b, len(vocab))
     return vocab
 
-
+# %% ../nbs/08b_clip.ipynb #fa79781d
 def write_tokenizer_files(
     folder,  # where to write vocab.json, merges.txt and tokenizer_config.json
     vocab: dict,
@@ -98,7 +98,7 @@ def write_tokenizer_files(
     )
     return folder
 
-
+# %% ../nbs/08b_clip.ipynb #124f4829
 def load_tokenizer_files(folder):
     "Load a tokenizer folder with transformers' `CLIPTokenizer`."
     from transformers import CLIPTokenizer
@@ -142,6 +142,19 @@ def make_glyph_tokenizer(
     return tok
 
 # %% ../nbs/08b_clip.ipynb #f3a5e3e6
+def _check_clip_sizes(vocab_size, max_length, heads, patch_size, image_size, text_hidden, vision_hidden):
+    "Check `tiny_clip_config`'s sizes: positive integers, widths a multiple of `heads`, the image of `patch_size`."
+    check_number(vocab_size, 'vocab_size', 2, integer=True)
+    check_number(max_length, 'max_length', 3, integer=True)
+    check_number(heads, 'heads', 1, integer=True)
+    check_number(patch_size, 'patch_size', 1, integer=True)
+    for name, width in (('text_hidden', text_hidden), ('vision_hidden', vision_hidden)):
+        if check_number(width, name, 1, integer=True) % heads:
+            raise ValueError(f"{name} must be a multiple of heads={heads}, got {width}")
+    if check_number(image_size, 'image_size', 1, integer=True) % patch_size:
+        raise ValueError(f"image_size must be a multiple of patch_size={patch_size}, got {image_size}")
+
+# %% ../nbs/08b_clip.ipynb #90ab5686
 def tiny_clip_config(
     vocab_size: int,  # size of the tokenizer's vocabulary
     max_length: int = 16,  # text positions (start and end tokens included)
@@ -158,15 +171,7 @@ def tiny_clip_config(
     "A `CLIPConfig` for a tiny CLIP on small one-channel images; token ids 0/1 are start/end (end also pads)."
     from transformers import CLIPConfig
 
-    vocab_size = check_number(vocab_size, 'vocab_size', 2, integer=True)
-    max_length = check_number(max_length, 'max_length', 3, integer=True)
-    heads = check_number(heads, 'heads', 1, integer=True)
-    patch_size = check_number(patch_size, 'patch_size', 1, integer=True)
-    for name, width in (('text_hidden', text_hidden), ('vision_hidden', vision_hidden)):
-        if check_number(width, name, 1, integer=True) % heads:
-            raise ValueError(f"{name} must be a multiple of heads={heads}, got {width}")
-    if check_number(image_size, 'image_size', 1, integer=True) % patch_size:
-        raise ValueError(f"image_size must be a multiple of patch_size={patch_size}, got {image_size}")
+    _check_clip_sizes(vocab_size, max_length, heads, patch_size, image_size, text_hidden, vision_hidden)
     return CLIPConfig(
         text_config=dict(
             vocab_size=vocab_size,
@@ -175,9 +180,7 @@ def tiny_clip_config(
             num_hidden_layers=text_layers,
             num_attention_heads=heads,
             max_position_embeddings=max_length,
-            bos_token_id=0,
-            eos_token_id=1,
-            pad_token_id=1,
+            **_SPECIAL_IDS,
         ),
         vision_config=dict(
             image_size=image_size,
@@ -196,7 +199,25 @@ def _emb(out):
     "Projected embeddings from a `get_*_features` call (a tensor in transformers 4, an output object in 5)."
     return out if torch.is_tensor(out) else out.pooler_output
 
+# %% ../nbs/08b_clip.ipynb #f73d33c0
+def _warn_prompt(tokenizer, p: str):
+    "Warn when prompt `p` is cut to the encoder's length, or (glyph tokenizer) has words it spells in pieces."
+    L = tokenizer.model_max_length
+    toks = tokenizer.tokenize(p)
+    if len(toks) + 2 > L:
+        text = lambda ts: tokenizer.decode(tokenizer.convert_tokens_to_ids(ts)).strip()
+        warnings.warn(
+            f"Prompt {p!r} is {len(toks) + 2} tokens (with start/end), the text encoder takes {L}: "
+            f"it is truncated to {text(toks[: L - 2])!r}, dropping {text(toks[L - 2 :])!r}"
+        )
+    split = [w for w in p.split() if len(tokenizer.tokenize(w)) > 1]
+    if split and len(tokenizer) < 1000:
+        warnings.warn(
+            f"Prompt {p!r}: {split} are not words of the glyph captions; "
+            "they are spelled in pieces the model never saw in training"
+        )
 
+# %% ../nbs/08b_clip.ipynb #0eb0306c
 def check_prompts(
     tokenizer,  # the text encoder's tokenizer
     prompts,  # a string or a list of strings
@@ -206,7 +227,6 @@ def check_prompts(
     prompts = [prompts] if isinstance(prompts, str) else list(prompts)
     if not prompts:
         raise ValueError("No prompts given: pass a string or a non-empty list of strings")
-    L = tokenizer.model_max_length
     for p in prompts:
         if not isinstance(p, str):
             raise TypeError(f"Prompts must be strings, got {type(p).__name__}: {p!r}")
@@ -215,28 +235,13 @@ def check_prompts(
                 "Empty prompt: say what to draw, e.g. 'a capital A' "
                 "(pass allow_empty=True for the unconditional prompt)"
             )
-        bad = (
-            sorted({c for c in p.lower() if not c.isspace() and c not in TOKENIZER_ALPHABET})
-            if len(tokenizer) < 1000
-            else []
-        )
+        small = len(tokenizer) < 1000  # the glyph tokenizer: it spells only TOKENIZER_ALPHABET
+        bad = sorted({c for c in p.lower() if not c.isspace() and c not in TOKENIZER_ALPHABET}) if small else []
         if bad:
             raise ValueError(
                 f"Prompt {p!r} uses characters the tokenizer cannot spell: {bad}; it knows {TOKENIZER_ALPHABET!r}"
             )
-        toks = tokenizer.tokenize(p)
-        if len(toks) + 2 > L:
-            text = lambda ts: tokenizer.decode(tokenizer.convert_tokens_to_ids(ts)).strip()
-            warnings.warn(
-                f"Prompt {p!r} is {len(toks) + 2} tokens (with start/end), the text encoder takes {L}: "
-                f"it is truncated to {text(toks[: L - 2])!r}, dropping {text(toks[L - 2 :])!r}"
-            )
-        split = [w for w in p.split() if len(tokenizer.tokenize(w)) > 1]
-        if split and len(tokenizer) < 1000:
-            warnings.warn(
-                f"Prompt {p!r}: {split} are not words of the glyph captions; "
-                "they are spelled in pieces the model never saw in training"
-            )
+        _warn_prompt(tokenizer, p)
     return prompts
 
 # %% ../nbs/08b_clip.ipynb #f96147cc
@@ -248,7 +253,7 @@ def tokenize(
         prompts, padding='max_length', max_length=tokenizer.model_max_length, truncation=True, return_tensors='pt'
     ).input_ids.to(device)
 
-
+# %% ../nbs/08b_clip.ipynb #8a0d6779
 class TextEncoding(NamedTuple):
     "What the text encoder gives for a batch of prompts."
 
@@ -256,7 +261,7 @@ class TextEncoding(NamedTuple):
     pooled: torch.Tensor  # (B, P) projected embedding at the end token: the prompt in the shared image-text space
     input_ids: torch.Tensor  # (B, L) token ids
 
-
+# %% ../nbs/08b_clip.ipynb #4ccd6901
 def encode_text(
     model,  # a transformers `CLIPModel`
     tokenizer,  # its tokenizer
@@ -269,7 +274,7 @@ def encode_text(
     out = model.text_model(input_ids=ids)
     return TextEncoding(out.last_hidden_state, model.text_projection(out.pooler_output), ids)
 
-
+# %% ../nbs/08b_clip.ipynb #d17c44cf
 def encode_images(
     model,  # a transformers `CLIPModel`
     images: torch.Tensor,  # (B, C, H, W) in the range the model was trained on ([-1, 1] for the glyph CLIP)
@@ -315,9 +320,10 @@ GLYPH_STYLE_WORDS = ('bold', 'italic', 'serif', 'sans', 'mono')
 
 
 def _article(words: list) -> str:
+    "The words as a phrase with the right article: ['italic', 'g'] -> 'an italic g'."
     return ('an ' if words[0][0] in 'aeiou' else 'a ') + ' '.join(words)
 
-
+# %% ../nbs/08b_clip.ipynb #4cc76ca2
 def _caption_words(caption: str) -> list:
     "The words of a glyph caption after its article, checked: 'a'/'an', then at least one word that is no style word."
     words = caption.split() if isinstance(caption, str) else []
@@ -328,7 +334,7 @@ def _caption_words(caption: str) -> list:
         )
     return words[1:]
 
-
+# %% ../nbs/08b_clip.ipynb #d4e6f60f
 def drop_style_words(
     caption: str,  # a glyph caption, e.g. 'a bold serif capital A'
     p: float = 0.5,  # probability of dropping each style word
@@ -340,7 +346,7 @@ def drop_style_words(
     keep = [w for w in words if w not in GLYPH_STYLE_WORDS or torch.rand((), generator=generator).item() >= p]
     return _article(keep)
 
-
+# %% ../nbs/08b_clip.ipynb #a8fe0efa
 def caption_targets(
     texts: list,  # B captions, possibly shortened
     captions: list,  # the B images' full captions
@@ -351,7 +357,7 @@ def caption_targets(
     img_words = [set(_caption_words(c)) for c in captions]
     return torch.tensor([[float(set(_caption_words(t)) <= w) for t in texts] for w in img_words])
 
-
+# %% ../nbs/08b_clip.ipynb #72deeae2
 def char_prompt(ch: str) -> str:
     "The shortest prompt for one character: 'a capital A', 'a lowercase g', 'a digit 7'."
     if len(ch) != 1 or not ch.isalnum() or not ch.isascii():
@@ -382,7 +388,7 @@ def augment_glyphs(
     blurred = F.conv2d(F.pad(x, (1,) * 4, mode='replicate'), k.expand(C, 1, 3, 3), groups=C)
     x = torch.where(append_dims(rand(B) < p_blur, 4), blurred, x)
     std = rand(B) * max_noise * (rand(B) < p_noise)  # (B,), 0 for most
-    noise = torch.randn(x.shape, generator=generator).to(x)
+    noise = randn(x.shape, generator, x.device).to(x.dtype)
     return x + append_dims(std, 4) * noise
 
 # %% ../nbs/08b_clip.ipynb #cca96a2b
@@ -410,32 +416,16 @@ def clip_loss_fn(
 GLYPH_CLIP = 'glyph_clip.safetensors'
 
 
-def _merges_of(tokenizer) -> list:
-    "The BPE merges of a tokenizer in rank order, from memory: its table (Python tokenizers) or its serialised form."
-    if hasattr(tokenizer, 'bpe_ranks'):  # transformers 4's Python CLIPTokenizer
-        return [tuple(p) for p, _ in sorted(tokenizer.bpe_ranks.items(), key=lambda kv: kv[1])]
-    m = json.loads(tokenizer.backend_tokenizer.to_str())['model']['merges']
-    return [tuple(x.split()) if isinstance(x, str) else tuple(x) for x in m]
-
-
 def save_glyph_clip(
     model,  # a transformers `CLIPModel`
     tokenizer,  # its `CLIPTokenizer`
     path,  # the .safetensors file to write
-    **info,
-):  # anything worth keeping: the command, steps, measured accuracy...
-    "Write a CLIP model, its config and its tokenizer into one safetensors file."
-    meta = dict(
-        format='diffcourse.clip/1',
-        config=model.config.to_json_string(),
-        vocab=json.dumps(tokenizer.get_vocab()),
-        merges=json.dumps(_merges_of(tokenizer)),
-        model_max_length=str(tokenizer.model_max_length),
-    )
-    if set(info) & set(meta):
-        raise ValueError(f"info may not set {sorted(set(info) & set(meta))}: save_glyph_clip writes those itself")
-    meta.update(info)  # non-strings are stored as JSON
-    return save_safetensors({k: v.clone() for k, v in model.state_dict().items()}, path, metadata=meta)
+    **info,  # anything worth keeping: steps, measured accuracy...
+):
+    "Write a CLIP model, its config and its tokenizer into one file: lesson 00b's `artifacts.save`."
+    from diffcourse.artifacts import save
+
+    return save(path, model, tokenizer=tokenizer, **info)
 
 
 def load_glyph_clip(
@@ -443,119 +433,10 @@ def load_glyph_clip(
     device='cpu',
 ):
     "The CLIP trained on glyphs: (transformers `CLIPModel` in eval mode, `CLIPTokenizer`); the file is checked first."
-    from transformers import CLIPConfig, CLIPModel, CLIPTextConfig, CLIPVisionConfig
+    from diffcourse.artifacts import load
 
-    path = Path(path) if path is not None else weights_path(GLYPH_CLIP)
-    tensors, meta = load_safetensors(path)
-    _check_format(meta, 'diffcourse.clip/1', path, 'a CLIP saved by save_glyph_clip')
-    config = _meta_json(meta, 'config', path)
-    sub = {
-        'text_config': (_config_keys(CLIPTextConfig), 'CLIPTextConfig'),
-        'vision_config': (_config_keys(CLIPVisionConfig), 'CLIPVisionConfig'),
-    }
-    _check_config(config, _config_keys(CLIPConfig), path, 'CLIPConfig', len(tensors), sub)
-    model = _build_checked(lambda: CLIPModel(CLIPConfig.from_dict(config)), tensors, path, 'CLIPModel')
-    tc = model.config.text_config
-    tokenizer = _tokenizer_from_meta(meta, path, tc.vocab_size, tc.max_position_embeddings)
-    return model.to(device).eval(), tokenizer
-
-# %% ../nbs/08b_clip.ipynb #af8e5bc2
-def _check_format(meta: dict, fmt: str, path, what: str):
-    "Refuse a file whose metadata format tag is not `fmt`."
-    if meta.get('format') != fmt:
-        raise ValueError(f"{str(path)!r} is not {what} (metadata format {meta.get('format')!r}, wanted {fmt!r})")
-
-
-def _meta_json(meta: dict, key: str, path, kind=dict):
-    "The JSON value stored under `key` in a file's metadata, checked to be a `kind`."
-    try:
-        value = json.loads(meta[key])
-    except (KeyError, TypeError, ValueError) as e:
-        why = f'{type(e).__name__}: {e}'
-        raise ValueError(f"{str(path)!r}: no valid JSON under {key!r} in its metadata ({why})") from None
-    if not isinstance(value, kind) or isinstance(value, bool):
-        raise ValueError(f"{str(path)!r}: the metadata's {key!r} must be a JSON {kind.__name__}, got {value!r:.80}")
-    return value
-
-
-def _config_keys(config_class) -> dict:
-    "What a transformers config class writes, and so may read back: its defaults' keys (the dtype under either name)."
-    return {**config_class().to_dict(), 'dtype': None, 'torch_dtype': None}
-
-
-def _init_keys(model_class) -> dict:
-    "The configuration a diffusers model class takes: the parameters of its __init__."
-    return {k: None for k in inspect.signature(model_class.__init__).parameters if k not in ('self', 'args', 'kwargs')}
-
-# %% ../nbs/08b_clip.ipynb #03951581
-def _check_config(config: dict, known: dict, path, what: str, n_tensors: int, nested: dict | None = None):
-    "Refuse unknown keys, another model_type, more layers than tensors; `nested`: key -> (known, what) of a sub-config."
-    unknown = sorted(set(config) - set(known))
-    if unknown:
-        raise ValueError(f"{str(path)!r}: unknown keys {unknown} in its {what} config; {what} knows {sorted(known)}")
-    if config.get('model_type', known.get('model_type')) != known.get('model_type'):
-        raise ValueError(
-            f"{str(path)!r}: its {what} config has model_type {config['model_type']!r}, not {known.get('model_type')!r}"
-        )
-    flat = lambda v: [c for x in v for c in flat(x)] if isinstance(v, list) else [v]
-    for k, v in config.items():  # every layer holds a tensor: no more layers than tensors
-        if 'layers' in k and not all(c is None or (type(c) is int and 0 <= c <= n_tensors) for c in flat(v)):
-            raise ValueError(f"{str(path)!r}: {k} = {v!r:.40} in its {what} config; the file holds {n_tensors} tensors")
-    for key, (sub_known, sub_what) in (nested or {}).items():
-        if not isinstance(config.get(key, {}), dict):
-            raise ValueError(f"{str(path)!r}: {key} in its {what} config is no JSON object, got {config[key]!r:.40}")
-        _check_config(config.get(key, {}), sub_known, path, sub_what, n_tensors)
-
-
-def _build_checked(
-    make,  # make() -> the model, from a checked config
-    tensors: dict,  # name -> tensor, read from the file
-    path,
-    what: str,
-):
-    "Build the model on the meta device (no memory), check the file's tensors against it, then build it and load them."
-    try:
-        with torch.device('meta'):
-            want = make().state_dict()
-    except Exception as e:
-        raise ValueError(f"{str(path)!r}: its config does not build a {what} ({type(e).__name__}: {e})") from None
-    missing, unexpected = sorted(set(want) - set(tensors)), sorted(set(tensors) - set(want))
-    wrong = [
-        f'{k} {tuple(tensors[k].shape)} (wants {tuple(want[k].shape)})'
-        for k in sorted(set(want) & set(tensors))
-        if tensors[k].shape != want[k].shape or tensors[k].is_floating_point() != want[k].is_floating_point()
-    ]
-    if missing or unexpected or wrong:
-        raise ValueError(
-            f"{str(path)!r} does not hold the {what} its config describes: {len(missing)} tensors "
-            f"missing {missing[:3]}, {len(unexpected)} unexpected {unexpected[:3]}, {len(wrong)} of the "
-            f"wrong shape or kind {wrong[:3]}"
-        )
-    model = make()
-    model.load_state_dict(tensors)
-    return model
-
-# %% ../nbs/08b_clip.ipynb #4a1e4c83
-def _tokenizer_from_meta(meta: dict, path, vocab_size: int, max_positions: int):
-    "The glyph tokenizer kept in a file's metadata (vocab, merges, model_max_length), checked against its text encoder."
-    vocab, merges = _meta_json(meta, 'vocab', path, dict), _meta_json(meta, 'merges', path, list)
-    ids = sorted(i for i in vocab.values() if isinstance(i, int) and not isinstance(i, bool))
-    if ids != list(range(len(vocab))) or len(vocab) > vocab_size or not all(vocab):
-        raise ValueError(
-            f"{str(path)!r}: its vocab must give {len(vocab)} non-empty tokens the ids "
-            f"0..{len(vocab) - 1}, at most the text encoder's {vocab_size}"
-        )
-    word = lambda s: isinstance(s, str) and s and not any(c.isspace() for c in s)
-    bad = [m for m in merges if not (isinstance(m, list) and len(m) == 2 and all(map(word, m)))]
-    if bad:
-        raise ValueError(f"{str(path)!r}: its merges must be pairs of strings without spaces, got {bad[:3]}")
-    max_length = _meta_json(meta, 'model_max_length', path, int)
-    if not 3 <= max_length <= max_positions:
-        raise ValueError(
-            f"{str(path)!r}: model_max_length {max_length} must lie in [3, {max_positions}], "
-            f"the positions of its text encoder"
-        )
-    return tokenizer_from(vocab, [tuple(m) for m in merges], max_length)
+    loaded = load(path if path is not None else 'glyph_clip', device)
+    return loaded.model, loaded.tokenizer
 
 # %% ../nbs/08b_clip.ipynb #96fb408b
 def save_clip(model, tokenizer, folder):
@@ -657,7 +538,7 @@ def _hub_switched_off():
     finally:
         constants.HF_HUB_OFFLINE = saved
 
-
+# %% ../nbs/08b_clip.ipynb #d7724cad
 def _local_or_hub(
     load,  # load(src, local_files_only) -> what to return
     name_or_path,
@@ -745,7 +626,7 @@ def clip_log_prob(
 
     return log_prob
 
-
+# %% ../nbs/08b_clip.ipynb #68668ac1
 def clip_guidance(
     model,  # the denoiser to guide, D(x, sigma) -> x0_hat
     clip,

@@ -6,15 +6,18 @@
 from __future__ import annotations
 import json, math, numbers, os, random, re, secrets
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
 import matplotlib.pyplot as plt
 
 # %% auto #0
-__all__ = ['WEIGHTS_DIR', 'ARCHITECTURES', 'check_number', 'seed_everything', 'get_device', 'in_test', 'in_colab', 'by_device',
+__all__ = ['WEIGHTS_DIR', 'ARCHITECTURES', 'ARCHITECTURE_MODULES', 'LIBRARY_ARCHITECTURES', 'check_number', 'pick', 'mean_se',
+           'Comparison', 'compare', 'seed_everything', 'randn', 'randint', 'get_device', 'in_test', 'by_device',
            'append_dims', 'to_image', 'image_grid', 'show_images', 'show_points', 'remove_stale_temps',
-           'check_writable', 'save_safetensors', 'load_safetensors', 'weights_path', 'register_architecture']
+           'check_writable', 'write_atomic', 'save_safetensors', 'load_safetensors', 'weights_path',
+           'register_architecture', 'timestep_embedding', 'check_x', 'check_x_t', 'null_class_labels']
 
 # %% ../nbs/00_core.ipynb #951f896c
 def check_number(
@@ -40,6 +43,68 @@ def check_number(
         raise ValueError(f"{name} must be {valid}, got {value!r}")
     return value
 
+# %% ../nbs/00_core.ipynb #3df9f644
+def pick(
+    table: dict,  # the valid choices: name -> value
+    name,  # the name the caller passed
+    what: str,  # the argument's name, for the message
+):
+    "`table[name]`, or a ValueError naming the argument, the bad value and the valid choices."
+    if not isinstance(name, str) or name not in table:
+        raise ValueError(f"Unknown {what} {name!r}; valid choices are {sorted(table)}")
+    return table[name]
+
+# %% ../nbs/00_core.ipynb #75722d73
+def mean_se(
+    values,  # at least 2 measurements of one quantity (e.g. one per seed)
+) -> tuple[float, float]:  # (mean, standard error of the mean)
+    "Mean and standard error of the mean: how the course reports a repeated measurement."
+    v = np.asarray(values, dtype=np.float64)
+    if v.ndim != 1 or len(v) < 2 or not np.isfinite(v).all():
+        raise ValueError(f"mean_se needs a 1-D list of at least 2 finite values, got {values!r}")
+    return float(v.mean()), float(v.std(ddof=1) / np.sqrt(len(v)))
+
+# %% ../nbs/00_core.ipynb #44e75253
+class Comparison(NamedTuple):
+    mean_a: float
+    se_a: float
+    mean_b: float
+    se_b: float
+    lo: float  # the confidence interval of mean_b - mean_a
+    hi: float
+    verdict: str  # 'a < b', 'a > b' or 'cannot be told apart'
+
+    def __str__(self):
+        return (
+            f"{self.mean_a:.4g} +- {self.se_a:.2g} vs {self.mean_b:.4g} +- {self.se_b:.2g}: {self.verdict} "
+            f"(b - a in [{self.lo:.3g}, {self.hi:.3g}])"
+        )
+
+# %% ../nbs/00_core.ipynb #15733e6b
+def compare(
+    a,  # repeated measurements of one number (>= 2, e.g. one per seed)
+    b,  # repeated measurements of the other
+    level: float = 0.95,  # confidence level of the interval
+    paired: bool = False,  # a[i] and b[i] share their randomness (the same seed, image or prompt)
+) -> Comparison:
+    "The course's rule: a and b differ when the t interval for mean(b) - mean(a) at `level` excludes 0."
+    check_number(level, 'level', 0, 1, lo_open=True, hi_open=True)
+    import scipy.stats
+
+    (ma, sa), (mb, sb) = mean_se(a), mean_se(b)
+    if paired:  # the interval of the mean difference: what the pairs share cancels
+        if len(a) != len(b):
+            raise ValueError(f"a paired comparison needs as many values in a as in b, got {len(a)} and {len(b)}")
+        diff, se = mean_se(np.asarray(b, dtype=np.float64) - np.asarray(a, dtype=np.float64))
+        df = len(a) - 1
+    else:  # Welch: two independent sets, spreads not assumed equal
+        diff, se = mb - ma, math.hypot(sa, sb)
+        df = se**4 / (sa**4 / (len(a) - 1) + sb**4 / (len(b) - 1)) if se > 0 else math.inf  # Welch-Satterthwaite
+    half = scipy.stats.t.ppf(0.5 + level / 2, df) * se if se > 0 else 0.0
+    lo, hi = diff - half, diff + half
+    verdict = 'a < b' if lo > 0 else 'a > b' if hi < 0 else 'cannot be told apart'
+    return Comparison(ma, sa, mb, sb, lo, hi, verdict)
+
 # %% ../nbs/00_core.ipynb #17438666
 def seed_everything(
     seed: int = 42,  # the seed for Python's, numpy's and torch's global generators, in [0, 2**32 - 1]
@@ -50,6 +115,36 @@ def seed_everything(
     np.random.seed(seed)
     torch.manual_seed(seed)
     return torch.Generator().manual_seed(seed)
+
+# %% ../nbs/00_core.ipynb #82add420
+def _gen_device(generator, device) -> torch.device:
+    "Where to draw: on the generator's device if there is one, else on `device` (default: the CPU)."
+    if generator is not None:
+        return generator.device
+    return torch.device(device) if device is not None else torch.device('cpu')
+
+
+def randn(
+    shape,  # the shape of the draw, e.g. x.shape
+    generator: torch.Generator | None = None,  # source of randomness (None: torch's global generator)
+    device=None,  # where the result goes (default: the CPU)
+    dtype=None,
+) -> torch.Tensor:  # the result's dtype (default: torch's default float)
+    "Standard normal noise drawn on the generator's device, then moved to `device`."
+    x = torch.randn(tuple(shape), generator=generator, device=_gen_device(generator, device), dtype=dtype)
+    return x.to(device) if device is not None else x
+
+
+def randint(
+    low: int,  # smallest value
+    high: int,  # one past the largest value
+    shape,  # the shape of the draw
+    generator: torch.Generator | None = None,  # source of randomness
+    device=None,
+) -> torch.Tensor:  # where the result goes
+    "Uniform integers in [low, high) drawn on the generator's device, then moved to `device`."
+    i = torch.randint(low, high, tuple(shape), generator=generator, device=_gen_device(generator, device))
+    return i.to(device) if device is not None else i
 
 # %% ../nbs/00_core.ipynb #a7ab13e7
 def get_device(
@@ -78,13 +173,6 @@ def in_test() -> bool:
     return bool(os.environ.get('IN_TEST'))
 
 
-def in_colab() -> bool:
-    "True when running inside Google Colab."
-    import sys
-
-    return 'google.colab' in sys.modules
-
-
 def by_device(
     cpu,  # value used on a CPU (and always under test): small enough to run in seconds
     gpu,  # value used when a CUDA GPU is present and we are not under test
@@ -110,7 +198,7 @@ def to_image(x: torch.Tensor) -> torch.Tensor:
     "Map images from [-1, 1] to [0, 1], clamped."
     return ((x.detach().float().cpu() + 1) / 2).clamp(0, 1)
 
-
+# %% ../nbs/00_core.ipynb #8dfa460e
 def image_grid(
     imgs: torch.Tensor,  # (B, C, H, W) images
     nrow: int = 8,  # images per row
@@ -132,6 +220,33 @@ def image_grid(
         grid[:, pad + r * (H + pad) : pad + r * (H + pad) + H, pad + c * (W + pad) : pad + c * (W + pad) + W] = im
     return grid
 
+# %% ../nbs/00_core.ipynb #ee2d179e
+def _hwc(im: torch.Tensor) -> torch.Tensor:  # (C, H, W) -> (H, W) for one channel, else (H, W, C)
+    "An image in the layout matplotlib's `imshow` takes."
+    return im[0] if im.shape[0] == 1 else im.permute(1, 2, 0)
+
+# %% ../nbs/00_core.ipynb #7f8e00c9
+def _show_titled(
+    imgs: torch.Tensor,  # (B, C, H, W) images in [0, 1]
+    titles: list,  # one title per image
+    nrow: int = 8,  # images per row
+    figsize=None,  # figure size; None: from the grid shape
+    title: str | None = None,  # title over the whole figure
+):  # the (rows, columns) array of axes
+    "One axes per image, each with its own title."
+    cmap = 'gray' if imgs.shape[1] == 1 else None
+    ncol = min(nrow, len(imgs))
+    nr = math.ceil(len(imgs) / ncol)
+    fig, axs = plt.subplots(nr, ncol, figsize=figsize or (1.3 * ncol, 1.5 * nr), squeeze=False)
+    for a in axs.flat:
+        a.axis('off')
+    for a, im, t in zip(axs.flat, imgs, titles):
+        a.imshow(_hwc(im), cmap=cmap, vmin=0, vmax=1)
+        a.set_title(str(t), fontsize=8)
+    if title:
+        fig.suptitle(title)
+    return axs
+
 # %% ../nbs/00_core.ipynb #04c2edb9
 def show_images(
     imgs: torch.Tensor,  # (B, C, H, W) images in [-1, 1]
@@ -139,8 +254,8 @@ def show_images(
     titles: list | None = None,  # optional title per image (then each gets its own axes)
     ax=None,  # axes to draw into (grid mode only)
     figsize=None,  # figure size; sensible default from the grid shape
-    title: str | None = None,
-):  # title over the whole grid
+    title: str | None = None,  # title over the whole grid
+):
     "Show a batch of images in [-1, 1] as a grid (or one axes per image when `titles` are given)."
     if not torch.is_tensor(imgs) or imgs.ndim != 4 or imgs.shape[1] not in (1, 3):
         shape = tuple(imgs.shape) if torch.is_tensor(imgs) else type(imgs).__name__
@@ -148,28 +263,13 @@ def show_images(
     if titles is not None and len(titles) != len(imgs):
         raise ValueError(f"show_images got {len(titles)} titles for {len(imgs)} images: give one per image")
     imgs = to_image(imgs)
-    cmap = 'gray' if imgs.shape[1] == 1 else None
-
-    def _hwc(im):
-        return im[0] if im.shape[0] == 1 else im.permute(1, 2, 0)
-
     if titles is not None:
-        ncol = min(nrow, len(imgs))
-        nr = math.ceil(len(imgs) / ncol)
-        fig, axs = plt.subplots(nr, ncol, figsize=figsize or (1.3 * ncol, 1.5 * nr), squeeze=False)
-        for a in axs.flat:
-            a.axis('off')
-        for a, im, t in zip(axs.flat, imgs, titles):
-            a.imshow(_hwc(im), cmap=cmap, vmin=0, vmax=1)
-            a.set_title(str(t), fontsize=8)
-        if title:
-            fig.suptitle(title)
-        return axs
+        return _show_titled(imgs, titles, nrow, figsize, title)
     grid = image_grid(imgs, nrow=nrow)
     if ax is None:
         n = 1.0 * min(nrow, len(imgs))  # images across
         _, ax = plt.subplots(figsize=figsize or (min(8, n), min(8, n * grid.shape[1] / grid.shape[2])))
-    ax.imshow(_hwc(grid), cmap=cmap, vmin=0, vmax=1)
+    ax.imshow(_hwc(grid), cmap='gray' if imgs.shape[1] == 1 else None, vmin=0, vmax=1)
     ax.axis('off')
     if title:
         ax.set_title(title)
@@ -249,6 +349,28 @@ def check_writable(
     os.close(fd)
     probe.unlink()
 
+# %% ../nbs/00_core.ipynb #16e8996f
+def write_atomic(
+    path,  # the destination file
+    data: bytes,
+) -> Path:  # what to write
+    "Write `data` to `path` atomically (temp file, fsync, rename; mode 0666 less the umask); clears stale temps."
+    path = Path(path)
+    check_writable(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temps(path)
+    fd, tmp = _new_temp(path.parent, path.name)
+    try:
+        with os.fdopen(fd, 'wb') as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
+
 # %% ../nbs/00_core.ipynb #c1c36238
 def save_safetensors(
     tensors: dict,  # name -> tensor
@@ -263,24 +385,10 @@ def save_safetensors(
     bad = [k for k, v in tensors.items() if not isinstance(k, str) or not torch.is_tensor(v)]
     if bad:
         raise TypeError(f"save_safetensors wants a dict from names (str) to tensors; these entries are not: {bad[:5]}")
-    path = Path(path)
-    check_writable(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    remove_stale_temps(path)
     if metadata is not None:
         metadata = {k: v if isinstance(v, str) else json.dumps(v) for k, v in metadata.items()}
     data = save({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, metadata=metadata)
-    fd, tmp = _new_temp(path.parent, path.name)
-    try:
-        with os.fdopen(fd, 'wb') as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return path
+    return write_atomic(path, data)
 
 # %% ../nbs/00_core.ipynb #b31640e0
 def load_safetensors(
@@ -319,12 +427,112 @@ def weights_path(
 # %% ../nbs/00_core.ipynb #65b5441e
 ARCHITECTURES = {}  # 'module.Class', as a weights file names it -> the nn.Module class that loading may build
 
+# the course's modules that register architectures, imported (by diffcourse.artifacts) before a name is looked up:
+ARCHITECTURE_MODULES = ('diffcourse.training', 'diffcourse.unet', 'diffcourse.metrics', 'diffcourse.guidance')
+
+LIBRARY_ARCHITECTURES = {  # the library models the course ships: name -> (module, class, sub-configs of its config)
+    'diffusers.AutoencoderKL': ('diffusers', 'AutoencoderKL', {}),
+    'diffusers.UNet2DConditionModel': ('diffusers', 'UNet2DConditionModel', {}),
+    'transformers.CLIPModel': (
+        'transformers',
+        'CLIPModel',
+        {'text_config': 'CLIPTextConfig', 'vision_config': 'CLIPVisionConfig'},
+    ),
+    'transformers.CLIPTextModel': ('transformers', 'CLIPTextModel', {}),
+}  # imported only when a file names one; the names are fixed here, never read from a file
+
 
 def register_architecture(
     cls: type,  # an `nn.Module` subclass whose constructor takes its `config` dict as keywords
 ) -> type:  # `cls` itself, so that this works as a class decorator
-    "Let `load_pretrained` build `cls` when a weights file names it: these are the only classes a file can ask for."
+    "Let `artifacts.load` build `cls` when a file names it: with the library models, all a file may ask for."
     if not (isinstance(cls, type) and issubclass(cls, torch.nn.Module)):
         raise TypeError(f"register_architecture wants an nn.Module subclass, got {cls!r}")
     ARCHITECTURES[f'{cls.__module__}.{cls.__qualname__}'] = cls
     return cls
+
+# %% ../nbs/00_core.ipynb #095a57a7
+def timestep_embedding(
+    t: torch.Tensor,  # (B,) times (integer steps or floats)
+    dim: int,  # embedding size
+    max_period: float = 10000.0,
+):  # longest wavelength
+    "Sinusoidal embedding [cos | sin] of times `t`: (B,) -> (B, dim)."
+    half = dim // 2
+    freqs = torch.exp(
+        -math.log(max_period) * torch.arange(half, device=t.device, dtype=torch.float32) / half
+    )  # (half,)
+    args = t.float()[:, None] * freqs[None]  # (B, half)
+    emb = torch.cat([args.cos(), args.sin()], dim=-1)  # (B, 2*half)
+    return torch.nn.functional.pad(emb, (0, dim % 2))  # (B, dim)
+
+# %% ../nbs/00_core.ipynb #3c277e07
+def _autocast_on(device_type: str) -> bool:
+    "Whether autocast is on for `device_type` (then an x of another float dtype than the weights is fine)."
+    try:
+        return torch.is_autocast_enabled(device_type)
+    except TypeError:  # torch < 2.4 takes no argument
+        return torch.is_autocast_enabled() if device_type == 'cuda' else torch.is_autocast_cpu_enabled()
+
+# %% ../nbs/00_core.ipynb #e1967741
+def check_x(
+    x,  # what the network got as x: (B, ...)
+    weight: torch.Tensor,  # one of the network's parameters: x must have its dtype and device
+    what: str,
+):  # the network's name, for the messages
+    "Check the input `x` of a network's `forward`: a floating-point tensor (B, ...) of the weights' dtype and device."
+    if not torch.is_tensor(x) or not x.is_floating_point() or x.ndim < 2:
+        got = f'a {x.dtype} tensor of shape {tuple(x.shape)}' if torch.is_tensor(x) else type(x).__name__
+        raise TypeError(f"{what} wants x as a floating-point tensor (B, ...), got {got}")
+    if x.dtype != weight.dtype and not _autocast_on(x.device.type):
+        raise TypeError(
+            f"{what} wants x of dtype {weight.dtype} (that of its weights), got {x.dtype}; "
+            f"convert it with x.to({weight.dtype})"
+        )
+    if x.device != weight.device:
+        raise ValueError(f"{what} has its weights on {weight.device} but x is on {x.device}; move one of them")
+
+# %% ../nbs/00_core.ipynb #41e0e1a4
+def check_x_t(
+    x,  # what the network got as x: (B, ...)
+    t,  # what it got as t: one time for the batch, or (B,)
+    weight: torch.Tensor,  # one of the network's parameters: x must have its dtype and device
+    what: str,
+):  # the network's name, for the messages
+    "Check the inputs of a network's `forward(x, t)`: `check_x`, and t one time for the batch or one per sample."
+    check_x(x, weight, what)
+    try:
+        tt = torch.as_tensor(t)
+    except (TypeError, ValueError, RuntimeError):
+        raise TypeError(f"{what} wants t as a number or a tensor, got {type(t).__name__}") from None
+    if tuple(tt.shape) not in ((), (1,), (len(x),)) or tt.dtype == torch.bool or tt.is_complex():
+        raise ValueError(
+            f"{what} wants t as one time for the batch or a (B,) tensor of times with B = {len(x)}, "
+            f"got a {tt.dtype} of shape {tuple(tt.shape)}"
+        )
+
+# %% ../nbs/00_core.ipynb #03820e98
+def null_class_labels(
+    class_labels,  # (B,) int labels, one for the whole batch, or None for "no class"
+    B: int,  # the batch size
+    num_classes: int,  # the labels are 0..num_classes-1; `num_classes` itself is the null class
+    device,
+):  # where the labels go
+    "Labels for a class embedding with a null class: None -> all `num_classes` (the unconditional index)."
+    if class_labels is None:
+        return torch.full((B,), num_classes, dtype=torch.long, device=device)
+    class_labels = torch.as_tensor(class_labels, device=device)
+    if class_labels.is_floating_point() or class_labels.is_complex() or class_labels.dtype == torch.bool:
+        raise TypeError(f"class_labels must be integers, got {class_labels.dtype}")
+    if tuple(class_labels.shape) not in ((), (1,), (B,)):
+        raise ValueError(
+            f"class_labels must be one label for the batch or one per sample, (B,) with B = {B}, "
+            f"got shape {tuple(class_labels.shape)}"
+        )
+    class_labels = class_labels.long().expand(B)
+    if class_labels.min() < 0 or class_labels.max() > num_classes:
+        raise ValueError(
+            f"class_labels must lie in [0, {num_classes}] ({num_classes} = no class), got values "
+            f"from {class_labels.min().item()} to {class_labels.max().item()}"
+        )
+    return class_labels

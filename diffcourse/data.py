@@ -9,11 +9,12 @@ from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
+from fastcore.basics import patch
 import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
-from .core import check_number
+from .core import check_number, pick, write_atomic
 
 # %% auto #0
 __all__ = ['TOYS', 'GLYPH_CHARS', 'GLYPH_FONTS', 'GLYPHS_VERSION', 'TRAIN_FRACTION', 'IDX_DTYPES', 'MNIST_FILES', 'MNIST_URLS',
@@ -51,6 +52,32 @@ def two_moons(
     return (x + noise * e).float()
 
 # %% ../nbs/01_data.ipynb #571942de
+def _check_mixture(
+    means,  # (K, D) component means
+    covs,  # (K, D, D) symmetric positive-definite covariances
+    weights=None,  # (K,) positive mixing weights; None for equal weights
+) -> tuple:  # float64 means, covs, normalised weights and the (K, D, D) Cholesky factors of covs
+    "The mixture's parameters as float64 tensors, with a ValueError for anything that is not a valid mixture."
+    means = torch.as_tensor(means, dtype=torch.float64)
+    if means.ndim != 2 or not means.isfinite().all():
+        raise ValueError(f"means must be finite, of shape (K, D); got {tuple(means.shape)}: {means}")
+    K, D = means.shape
+    covs = torch.as_tensor(covs, dtype=torch.float64)
+    if covs.shape != (K, D, D):
+        raise ValueError(f"covs must have shape (K, D, D) = {(K, D, D)}, got {tuple(covs.shape)}")
+    w = torch.ones(K, dtype=torch.float64) if weights is None else torch.as_tensor(weights, dtype=torch.float64)
+    if w.shape != (K,) or not (w > 0).all():
+        raise ValueError(f"weights must be {K} positive numbers, got {w.tolist()}")
+    # float64 products such as R S R^T are symmetric to ~1e-16 relative; allclose's defaults (rtol 1e-5, atol 1e-8)
+    # catch real asymmetry only
+    if not torch.allclose(covs, covs.transpose(1, 2)):
+        raise ValueError("covs must be symmetric")
+    L, info = torch.linalg.cholesky_ex(covs)
+    if (info != 0).any():
+        raise ValueError(f"covs must be positive definite; components {torch.nonzero(info).flatten().tolist()} are not")
+    return means, covs, w / w.sum(), L
+
+# %% ../nbs/01_data.ipynb #96c06e76
 class GaussianMixture:
     "A mixture of Gaussians with known parameters: exact samples, log-density and score (float64 inside)."
 
@@ -58,35 +85,10 @@ class GaussianMixture:
         self,
         means,  # (K, D) component means
         covs,  # (K, D, D) symmetric positive-definite covariances
-        weights=None,
-    ):  # (K,) positive mixing weights (normalised here); None for equal weights
-        self.means = torch.as_tensor(means, dtype=torch.float64)
-        if self.means.ndim != 2 or not self.means.isfinite().all():
-            raise ValueError(f"means must be finite, of shape (K, D); got {tuple(self.means.shape)}: {self.means}")
+        weights=None,  # (K,) positive mixing weights (normalised here); None for equal weights
+    ):
+        self.means, self.covs, self.weights, self.L = _check_mixture(means, covs, weights)  # L: Cholesky factors
         self.K, self.D = self.means.shape
-        self.covs = torch.as_tensor(covs, dtype=torch.float64)
-        if self.covs.shape != (self.K, self.D, self.D):
-            raise ValueError(
-                f"covs must have shape (K, D, D) = {(self.K, self.D, self.D)}, got {tuple(self.covs.shape)}"
-            )
-        w = (
-            torch.ones(self.K, dtype=torch.float64)
-            if weights is None
-            else torch.as_tensor(weights, dtype=torch.float64)
-        )
-        if w.shape != (self.K,) or not (w > 0).all():
-            raise ValueError(f"weights must be {self.K} positive numbers, got {w.tolist()}")
-        self.weights = w / w.sum()
-        # float64 products such as R S R^T are symmetric to ~1e-16 relative; allclose's defaults (rtol 1e-5, atol 1e-8)
-        # catch real asymmetry only
-        if not torch.allclose(self.covs, self.covs.transpose(1, 2)):
-            raise ValueError("covs must be symmetric")
-        L, info = torch.linalg.cholesky_ex(self.covs)
-        if (info != 0).any():
-            raise ValueError(
-                f"covs must be positive definite; components {torch.nonzero(info).flatten().tolist()} are not"
-            )
-        self.L = L  # (K, D, D) Cholesky factors
 
     def __repr__(self):
         return f"GaussianMixture(K={self.K}, D={self.D})"
@@ -113,43 +115,53 @@ class GaussianMixture:
         log_n = -0.5 * (z**2).sum(-1) - half_logdet - 0.5 * self.D * math.log(2 * math.pi)  # eq. (3)
         return torch.log(self.weights.to(x.device)) + log_n
 
-    def log_prob(
-        self,
-        x: torch.Tensor,  # (n, D) points
-    ) -> torch.Tensor:  # (n,) exact log-density, in the dtype of `x`
-        "Exact log-density, computed in float64 with log-sum-exp."
-        return torch.logsumexp(self._log_joint(x.double()), dim=1).to(x.dtype)  # eq. (4)
+# %% ../nbs/01_data.ipynb #f24ab247
+@patch
+def log_prob(
+    self: GaussianMixture,
+    x: torch.Tensor,  # (n, D) points
+) -> torch.Tensor:  # (n,) exact log-density, in the dtype of `x`
+    "Exact log-density, computed in float64 with log-sum-exp."
+    return torch.logsumexp(self._log_joint(x.double()), dim=1).to(x.dtype)  # eq. (4)
 
-    def score(
-        self,
-        x: torch.Tensor,  # (n, D) points
-    ) -> torch.Tensor:  # (n, D) exact grad_x log p(x), in the dtype of `x`
-        "Exact score of the mixture."
-        xd = x.double()
-        r = torch.softmax(self._log_joint(xd), dim=1)  # (n, K) responsibilities
-        d = xd[:, None, :] - self.means.to(x.device)  # (n, K, D)
-        prec_d = torch.cholesky_solve(d[..., None], self.L.to(x.device))[..., 0]  # (n, K, D) = Sigma^-1 (x - mu)
-        return -(r[..., None] * prec_d).sum(1).to(x.dtype)  # eq. (5)
+# %% ../nbs/01_data.ipynb #cd9089c8
+@patch
+def score(
+    self: GaussianMixture,
+    x: torch.Tensor,  # (n, D) points
+) -> torch.Tensor:  # (n, D) exact grad_x log p(x), in the dtype of `x`
+    "Exact score of the mixture."
+    xd = x.double()
+    r = torch.softmax(self._log_joint(xd), dim=1)  # (n, K) responsibilities
+    d = xd[:, None, :] - self.means.to(x.device)  # (n, K, D)
+    prec_d = torch.cholesky_solve(d[..., None], self.L.to(x.device))[..., 0]  # (n, K, D) = Sigma^-1 (x - mu)
+    return -(r[..., None] * prec_d).sum(1).to(x.dtype)  # eq. (5)
 
-    def noised(
-        self,
-        a: float = 1.0,  # scale of the clean sample
-        sigma: float = 0.0,  # std of the added noise
-    ) -> GaussianMixture:  # the exact distribution of a * x0 + sigma * eps
-        "The mixture followed by x -> a x + sigma eps, which is again a Gaussian mixture."
-        a, sigma = check_number(a, 'a'), check_number(sigma, 'sigma', 0)
-        eye = torch.eye(self.D, dtype=torch.float64)
-        return GaussianMixture(a * self.means, a**2 * self.covs + sigma**2 * eye, self.weights)  # eq. (6)
+# %% ../nbs/01_data.ipynb #33f939d0
+@patch
+def noised(
+    self: GaussianMixture,
+    a: float = 1.0,  # scale of the clean sample
+    sigma: float = 0.0,  # std of the added noise
+) -> GaussianMixture:  # the exact distribution of a * x0 + sigma * eps
+    "The mixture followed by x -> a x + sigma eps, which is again a Gaussian mixture."
+    a, sigma = check_number(a, 'a'), check_number(sigma, 'sigma', 0)
+    eye = torch.eye(self.D, dtype=torch.float64)
+    return GaussianMixture(a * self.means, a**2 * self.covs + sigma**2 * eye, self.weights)  # eq. (6)
 
-    def mean(self) -> torch.Tensor:
-        "The mixture's mean, (D,) float64."
-        return self.weights @ self.means
+# %% ../nbs/01_data.ipynb #430cd65a
+@patch
+def mean(self: GaussianMixture) -> torch.Tensor:
+    "The mixture's mean, (D,) float64."
+    return self.weights @ self.means
 
-    def cov(self) -> torch.Tensor:
-        "The mixture's covariance, (D, D) float64 (law of total covariance)."
-        m = self.mean()
-        second = (self.weights[:, None, None] * (self.covs + self.means[:, :, None] * self.means[:, None, :])).sum(0)
-        return second - torch.outer(m, m)
+# %% ../nbs/01_data.ipynb #a65d1ee2
+@patch
+def cov(self: GaussianMixture) -> torch.Tensor:
+    "The mixture's covariance, (D, D) float64 (law of total covariance)."
+    m = self.mean()
+    second = (self.weights[:, None, None] * (self.covs + self.means[:, :, None] * self.means[:, None, :])).sum(0)
+    return second - torch.outer(m, m)
 
 # %% ../nbs/01_data.ipynb #8905a367
 def gaussian_mixture() -> GaussianMixture:
@@ -172,20 +184,13 @@ TOYS = {
 }
 
 
-def _pick(table: dict, name: str, what: str):
-    "table[name], or a ValueError naming the bad value and the valid choices."
-    if not isinstance(name, str) or name not in table:
-        raise ValueError(f"Unknown {what} {name!r}; valid choices are {sorted(table)}")
-    return table[name]
-
-
 def toy_2d(
     name: str,  # one of `TOYS`: 'swiss_roll', 'two_moons', 'gaussian_mixture'
     n: int,  # number of points
     generator: torch.Generator | None = None,  # source of randomness
 ) -> torch.Tensor:  # (n, 2) float32
     "Sample `n` points from the 2-D toy data set `name`."
-    return _pick(TOYS, name, '2-D toy')(check_number(n, 'n', 1, integer=True), generator)
+    return pick(TOYS, name, '2-D toy')(check_number(n, 'n', 1, integer=True), generator)
 
 # %% ../nbs/01_data.ipynb #5f09dac9
 def _check_choice(value, valid, what: str):
@@ -198,7 +203,7 @@ def _check_choice(value, valid, what: str):
         raise ValueError(f"Unknown {what} {value!r}; valid choices are {list(valid)}")
     return value
 
-
+# %% ../nbs/01_data.ipynb #a47b78f6
 def _resize(
     x: torch.Tensor,  # (N, 1, s, s) images in [-1, 1]
     size: int,
@@ -210,7 +215,7 @@ def _resize(
         x, size=(size, size), mode='bilinear', align_corners=False, antialias=size < x.shape[-1]
     ).clamp(-1, 1)
 
-
+# %% ../nbs/01_data.ipynb #4cba22a6
 _DIGITS = {}
 
 
@@ -281,7 +286,7 @@ def _font(file: str, px: int):
         _FONTS[key] = ImageFont.truetype(str(font_dir() / file), px)
     return _FONTS[key]
 
-
+# %% ../nbs/01_data.ipynb #f713e37b
 def render_glyph(
     ch: str,  # one character
     font_file: str,  # a file in `font_dir()`, e.g. 'DejaVuSerif-Bold.ttf'
@@ -343,23 +348,6 @@ def cache_dir() -> Path:
     return Path(os.environ.get('DIFFCOURSE_CACHE') or Path.home() / '.cache' / 'diffcourse')
 
 
-def _atomic_write(path: Path, data: bytes):
-    "Write bytes to `path` via a temporary file in the same folder and a rename."
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f'.{path.name}.', suffix='.tmp')
-    try:
-        with os.fdopen(fd, 'wb') as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp makes owner-only files; a cache is for reading
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 class Glyphs(NamedTuple):
     "Glyph images with labels, captions and the attributes they were drawn with."
 
@@ -404,8 +392,9 @@ def _glyph_params(n_per_class: int, seed: int):
         )
     return attrs
 
-
+# %% ../nbs/01_data.ipynb #fd61ab75
 def _glyphs_key(size, n_per_class, seed):
+    "A 16-hex-digit hash of everything that decides the images: parameters, font files, Pillow, format version."
     import PIL
 
     fonts = [(f, (font_dir() / f).stat().st_size) for f, *_ in GLYPH_FONTS]
@@ -414,7 +403,7 @@ def _glyphs_key(size, n_per_class, seed):
     )
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
-
+# %% ../nbs/01_data.ipynb #2c53bee7
 def _make_glyphs(size, n_per_class, seed):
     "Render the whole set: (N, S, S) uint8 images, (N,) labels, attrs."
     attrs = _glyph_params(n_per_class, seed)
@@ -449,7 +438,7 @@ def _glyphs_all(size, n_per_class, seed):
         buf = io.BytesIO()
         np.savez_compressed(buf, images=data[0], labels=data[1], attrs=np.array(json.dumps(data[2])))
         try:
-            _atomic_write(path, buf.getvalue())
+            write_atomic(path, buf.getvalue())
         except OSError as e:
             warnings.warn(f"Could not write the glyph cache {path} ({e}); continuing without it")
     _GLYPHS[key] = data
@@ -514,7 +503,7 @@ def read_idx(
         )
     return np.frombuffer(body, dtype=dt).reshape(shape).astype(dt.newbyteorder('='))
 
-
+# %% ../nbs/01_data.ipynb #6e155ac4
 def write_idx(
     path,  # destination; gzipped when the name ends in .gz
     array: np.ndarray,
@@ -528,7 +517,7 @@ def write_idx(
         raise ValueError(f"IDX cannot store dtype {a.dtype}; valid: {[str(d) for d in IDX_DTYPES.values()]}")
     raw = bytes([0, 0, code, a.ndim]) + struct.pack(f'>{a.ndim}I', *a.shape) + a.astype(IDX_DTYPES[code]).tobytes()
     path = Path(path)
-    _atomic_write(path, gzip.compress(raw, mtime=0) if path.suffix == '.gz' else raw)
+    write_atomic(path, gzip.compress(raw, mtime=0) if path.suffix == '.gz' else raw)
     return path
 
 # %% ../nbs/01_data.ipynb #bfe4a104
@@ -602,7 +591,7 @@ def download_mnist(
                 errors.append(f'{base}: {e}')
         else:  # every mirror failed: stop, do not try the rest
             raise OSError(_mnist_help(kind, root, todo, mirrors, '; '.join(errors) or 'no mirrors given'))
-        _atomic_write(root / f'{name}.gz', data)
+        write_atomic(root / f'{name}.gz', data)
     return root
 
 # %% ../nbs/01_data.ipynb #e5c217e3
@@ -661,13 +650,16 @@ class _Columns(Dataset):
     def __getitem__(self, i):
         return tuple(c[i] for c in self.cols)
 
-
+# %% ../nbs/01_data.ipynb #a3b9e51e
 def _no_size(name, size):
+    "A ValueError unless `size` is None: the 2-D toys have no image size."
     if size is not None:
         raise ValueError(f"{name!r} is a 2-D point set; size must be None, got {size!r}")
 
-
+# %% ../nbs/01_data.ipynb #6fd16ceb
 def _toy_data(name):
+    "The loader of toy `name`: `n` points drawn with a seed of its own for each split."
+
     def load(split='train', size=None, root=None, n: int = 10_000, seed: int = 0):
         _no_size(name, size)
         _check_choice(split, ('train', 'test'), 'split for toy data')
@@ -676,16 +668,19 @@ def _toy_data(name):
 
     return load
 
-
+# %% ../nbs/01_data.ipynb #7069d8cc
 def _mnist_data(kind):
+    "The loader of MNIST or Fashion-MNIST (`kind`) from `root`, by default `cache_dir()/kind`."
+
     def load(split='train', size=None, root=None, download: bool = False, mirrors: list | None = None):
         root = Path(root) if root is not None else cache_dir() / kind
         return load_mnist(root, split, kind, 28 if size is None else size, download, mirrors)
 
     return load
 
-
+# %% ../nbs/01_data.ipynb #e4eab3f7
 def _glyph_data(split='train', size=None, root=None, captions: bool = False, n_per_class: int = 64, seed: int = 0):
+    "The glyph set as (images, labels), or (images, labels, captions) with `captions=True`."
     g = load_glyphs(split, 16 if size is None else size, n_per_class, seed)
     return (g.images, g.labels, g.captions) if captions else (g.images, g.labels)
 
@@ -711,7 +706,7 @@ def get_dataloader(
     **kw,  # options: n, seed (toys); download, mirrors (MNIST); n_per_class, seed, captions (glyphs)
 ) -> DataLoader:
     "A DataLoader over the named data set: (images, labels) batches for images, (points,) for 2-D toys."
-    load = _pick(DATASETS, name, 'data set')
+    load = pick(DATASETS, name, 'data set')
     options = [p for p in inspect.signature(load).parameters if p not in ('split', 'size', 'root')]
     unknown = sorted(set(kw) - set(options))
     if unknown:

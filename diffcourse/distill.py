@@ -4,58 +4,42 @@
 
 # %% ../nbs/10_distillation.ipynb #3ca749dc
 from __future__ import annotations
-import copy, inspect, json, math, numbers, time
-from pathlib import Path
+import copy, inspect, math, numbers
 
 import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
-import matplotlib.pyplot as plt
 from fastprogress import progress_bar
 
-from .core import append_dims, weights_path, WEIGHTS_DIR
+from .core import append_dims, pick, randint, randn
 from .schedules import Schedule, spaced_timesteps, _check_schedule, _desc, _is_int
 from diffcourse.samplers import (
     Denoiser,
     SAMPLERS,
-    TABLE_SETUPS,
     euler_step,
     timestep_sigmas,
     load_denoiser,
-    weights_id,
-    _pick,
-    _device_of,
-    _check_model,
-    _check_noise,
-    _check_shape,
+    check_denoiser,
+    check_noise,
+    check_shape,
+    check_steps,
+    device_of,
 )
-from .metrics import FID_N
 from .training import train
 
 # %% auto #0
-__all__ = ['ddim_step', 'sw_to_mixture', 'fid_digits', 'DISTILL_SETUPS', 'WEIGHTINGS', 'METHODS', 'TABLE_ROWS', 'TABLE_PATH',
-           'distill_sigmas', 'sample_steps', 'distill_target', 'teacher_steps2', 'loss_weight', 'check_v',
-           'distill_loss', 'check_halving', 'distill_round', 'progressive_distillation', 'student_name', 'load_student',
-           'teacher_pairs', 'direct_loss', 'distill_direct', 'row_name', 'row_model', 'distill_table',
-           'load_distill_table', 'stale_rows', 'plot_distill_table', 'table_value']
+__all__ = ['ddim_step', 'WEIGHTINGS', 'METHODS', 'distill_sigmas', 'sample_steps', 'distill_target', 'teacher_steps2',
+           'loss_weight', 'check_v', 'distill_loss', 'check_halving', 'distill_round', 'progressive_distillation',
+           'student_name', 'load_student', 'teacher_pairs', 'direct_loss', 'distill_direct']
 
 # %% ../nbs/10_distillation.ipynb #9c80d002
-def _check_steps(steps, T: int, what: str = 'steps'):
-    "Raise unless `steps` is a positive integer that divides T."
-    if not _is_int(steps) or steps < 1 or T % steps:
-        raise ValueError(
-            f"{what} must be a positive integer that divides T={T} (so that every grid lies on training "
-            f"timesteps and halving is exact: {[T >> k for k in range(4)]}, ..., 2, 1), got {steps!r}"
-        )
-
-
 def distill_sigmas(
     schedule: Schedule,  # the teacher's schedule; its T must be divisible by `steps`
     steps: int,  # number of sampling steps N
 ) -> torch.Tensor:  # (N+1,) noise levels: timesteps jT/N - 1 for j = N..1, then 0
     "The noise levels of an N-step sampler on Salimans & Ho's grid t = 1, 1 - 1/N, ..., 1/N, 0 ('trailing' timesteps)."
     _check_schedule(schedule)
-    _check_steps(steps, schedule.T)
+    check_steps(steps, schedule.T, divides=True)
     # timesteps jT/N - 1, then 0
     return timestep_sigmas(schedule, spaced_timesteps(int(steps), schedule.T, 'trailing'))
 
@@ -82,32 +66,12 @@ def sample_steps(
     progress: bool = False,  # show a progress bar
 ) -> torch.Tensor:  # (B, ...) samples, in the dtype of `noise`
     "Deterministic DDIM (eta = 0) in N steps on the grid of `distill_sigmas`: how teachers and students sample."
-    _check_model(model)
-    _check_noise(noise, model)
+    check_denoiser(model)
+    check_noise(noise, model)
     wide = _wide(noise)
     sigmas = distill_sigmas(model.schedule, steps).to(noise.device, wide)
     x = noise.to(wide) * (1 + sigmas[0] ** 2).sqrt()  # lesson 07, eq. (S1)
     return SAMPLERS['ddim'](_in_dtype(model, noise.dtype), x, sigmas, progress=progress).to(noise.dtype)
-
-# %% ../nbs/10_distillation.ipynb #a5f601da
-# lesson 06's sliced Wasserstein to the Gaussian mixture, as lesson 07 uses it
-sw_to_mixture = TABLE_SETUPS['toy']['metric']
-# lesson 06's FID against the digits test set (samples clamped to [-1, 1])
-fid_digits = TABLE_SETUPS['digits']['metric']
-
-# comparison -> the shipped teacher, the metric (lower is better), shape of one sample, samples per row
-DISTILL_SETUPS = {
-    'toy': dict(
-        teacher='toy_mlp_v_gaussian_mixture',
-        metric=sw_to_mixture,
-        shape=(2,),
-        n=2000,
-        label='sliced Wasserstein to the data',
-    ),
-    'digits': dict(
-        teacher='digits_unet_v', metric=fid_digits, shape=(1, 16, 16), n=FID_N, label='FID (digits classifier)'
-    ),
-}
 
 # %% ../nbs/10_distillation.ipynb #8936bfc7
 def distill_target(
@@ -149,7 +113,7 @@ def loss_weight(
     weighting: str = 'truncated_snr',  # a key of WEIGHTINGS
 ) -> torch.Tensor:  # (B,) weights
     "The weight of the squared x-error at noise level `sigma`."
-    return _pick(WEIGHTINGS, weighting, 'weighting')(sigma)
+    return pick(WEIGHTINGS, weighting, 'weighting')(sigma)
 
 # %% ../nbs/10_distillation.ipynb #645b6dc5
 def check_v(
@@ -159,16 +123,16 @@ def check_v(
     "Refuse a denoiser that does not predict v: the student starts as a copy of it and must predict x at SNR = 0."
     if not isinstance(model, Denoiser):
         raise TypeError(f"the {who} must be a diffcourse.samplers.Denoiser, got {type(model).__name__}")
-    if model.objective != 'v':
+    if model.prediction_type != 'v_prediction':
         raise ValueError(
-            f"progressive distillation needs a v-prediction {who} (objective 'v'), "
-            f"got objective {model.objective!r}: the student starts as a copy of it, and its first step "
+            f"progressive distillation needs a v-prediction {who} (prediction_type 'v_prediction'), "
+            f"got prediction_type {model.prediction_type!r}: the student starts as a copy of it, and its first step "
             f"starts from pure noise, where an eps-network cannot say anything about x. "
-            f"Convert it first: fine-tune it with ddpm_loss(..., objective='v') "
+            f"Convert it first: fine-tune it with ddpm_loss(..., prediction_type='v') "
             f"(lesson 04) and wrap it as Denoiser(net, schedule, 'v')."
         )
 
-
+# %% ../nbs/10_distillation.ipynb #799f7c27
 def distill_loss(
     student: Denoiser,  # the student (being trained): its x0_hat should be x_tilde
     teacher: Denoiser,  # the teacher (frozen), same schedule
@@ -185,9 +149,8 @@ def distill_loss(
             f"steps), got {student_steps!r}"
         )
     sig = distill_sigmas(teacher.schedule, 2 * student_steps).to(x0.device, x0.dtype)  # (2N+1,)
-    gdev = generator.device if generator is not None else x0.device
-    i = torch.randint(0, student_steps, (x0.shape[0],), generator=generator, device=gdev).to(x0.device)  # (B,)
-    eps = torch.randn(x0.shape, generator=generator, device=gdev, dtype=x0.dtype).to(x0.device)  # (B, ...)
+    i = randint(0, student_steps, (x0.shape[0],), generator, x0.device)  # (B,)
+    eps = randn(x0.shape, generator, x0.device, x0.dtype)  # (B, ...)
     sigma, sigma_mid, sigma_next = sig[2 * i], sig[2 * i + 1], sig[2 * i + 2]  # (B,) each
     x = x0 + append_dims(sigma, x0.ndim) * eps  # x = z_t / alpha_t
     with torch.no_grad():
@@ -207,7 +170,7 @@ def check_halving(teacher_steps: int, student_steps: int):
             f"for teacher_steps={teacher_steps}"
         )
 
-
+# %% ../nbs/10_distillation.ipynb #08d7c619
 def _check_train(steps, lr, what: str = 'steps'):
     "Raise unless `steps` (optimizer steps) is an integer >= 1 and `lr` a finite number > 0."
     if not _is_int(steps) or steps < 1:
@@ -215,7 +178,7 @@ def _check_train(steps, lr, what: str = 'steps'):
     if isinstance(lr, bool) or not isinstance(lr, numbers.Real) or not 0 < lr < math.inf:
         raise ValueError(f"lr must be a finite learning rate > 0, got {lr!r}")
 
-
+# %% ../nbs/10_distillation.ipynb #3076bd63
 def distill_round(
     teacher: Denoiser,  # the teacher (v-prediction); it is not modified
     dl,  # batches of data: (x0,) or (x0, labels)
@@ -229,9 +192,9 @@ def distill_round(
     "One round of progressive distillation: a copy of the teacher learns to take one DDIM step for the teacher's two."
     check_v(teacher)
     check_halving(teacher_steps, student_steps)
-    _check_steps(teacher_steps, teacher.schedule.T, 'teacher_steps')
+    check_steps(teacher_steps, teacher.schedule.T, 'teacher_steps', divides=True)
     _check_train(steps, lr)
-    _pick(WEIGHTINGS, weighting, 'weighting')  # fail before training
+    pick(WEIGHTINGS, weighting, 'weighting')  # fail before training
     frozen = Denoiser(copy.deepcopy(teacher.net).eval().requires_grad_(False), teacher.schedule, 'v')
     # the student starts as the teacher
     net = copy.deepcopy(teacher.net).requires_grad_(True)
@@ -280,9 +243,9 @@ def progressive_distillation(
 ) -> dict:  # student_steps -> student Denoiser
     "Salimans & Ho's Algorithm 2: halve the number of sampling steps round after round, each student the next teacher."
     check_v(teacher)  # every argument is checked before round 1
-    _check_steps(teacher_steps, teacher.schedule.T, 'teacher_steps')
+    check_steps(teacher_steps, teacher.schedule.T, 'teacher_steps', divides=True)
     per = _round_steps(steps, _rounds(teacher_steps, final_steps), lr)
-    _pick(WEIGHTINGS, train_kw.get('weighting', 'truncated_snr'), 'weighting')
+    pick(WEIGHTINGS, train_kw.get('weighting', 'truncated_snr'), 'weighting')
     try:
         inspect.signature(train).bind_partial(**{k: v for k, v in train_kw.items() if k != 'weighting'})
     except TypeError as e:
@@ -311,7 +274,7 @@ def student_name(
     "The shipped name of a student, e.g. 'digits_unet_v_pd4'."
     if not _is_int(steps) or steps < 1:
         raise ValueError(f"steps must be the student's number of sampling steps, an integer >= 1, got {steps!r}")
-    return f'{teacher}_{_pick(METHODS, method, "method")}{steps}'
+    return f'{teacher}_{pick(METHODS, method, "method")}{steps}'
 
 
 def load_student(teacher: str, steps: int, method: str = 'progressive', device='cpu') -> Denoiser:
@@ -329,12 +292,12 @@ def teacher_pairs(
     progress: bool = False,
 ):
     "Noise and the teacher's deterministic samples from it: the training set of Luhman & Luhman (2021)."
-    _check_model(teacher)
-    shape = _check_shape(shape, 'shape')
-    _check_steps(steps, teacher.schedule.T)
+    check_denoiser(teacher)
+    shape = check_shape(shape, 'shape')
+    check_steps(steps, teacher.schedule.T, divides=True)
     if not _is_int(batch_size) or batch_size < 1:
         raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
-    noise = torch.randn(shape, generator=generator).to(_device_of(teacher))  # (n, ...)
+    noise = randn(shape, generator, device_of(teacher))  # (n, ...)
     chunks = noise.split(int(batch_size))
     x = torch.cat([sample_steps(teacher, c, steps) for c in (progress_bar(chunks) if progress else chunks)])
     return noise, x
@@ -379,140 +342,3 @@ def distill_direct(
     train_kw.setdefault('ema_decay', 0.0)
     st = train(net, lambda m, b: direct_loss(Denoiser(m, teacher.schedule, 'v'), *b), dl, steps, lr, **train_kw)
     return Denoiser((st.ema if st.ema is not None else st.model).eval(), teacher.schedule, 'v'), st
-
-# %% ../nbs/10_distillation.ipynb #03a0cacd
-TABLE_ROWS = (
-    ('ddim', 256),
-    ('ddim', 128),
-    ('ddim', 64),
-    ('ddim', 8),
-    ('ddim', 4),
-    ('ddim', 2),
-    ('ddim', 1),
-    ('progressive', 8),
-    ('progressive', 4),
-    ('progressive', 2),
-    ('progressive', 1),
-    ('direct', 1),
-)
-TABLE_PATH = WEIGHTS_DIR / 'distill_table.json'  # the full table, written by tools/tables/distill.py
-
-
-def _setup(name):
-    return _pick(DISTILL_SETUPS, name, 'table')
-
-
-def row_name(
-    setup: str,  # a key of DISTILL_SETUPS
-    method: str,  # 'ddim' (the teacher), or a key of METHODS
-    steps: int,
-) -> str:
-    "The shipped weights one row of the table samples from: the teacher for 'ddim', else the student."
-    teacher = _setup(setup)['teacher']
-    if method == 'ddim':
-        return teacher
-    if not isinstance(method, str) or method not in METHODS:
-        raise ValueError(f"Unknown method {method!r}; valid choices are {['ddim', *METHODS]}")
-    return student_name(teacher, steps, method)
-
-
-def row_model(setup: str, method: str, steps: int, device='cpu') -> Denoiser:
-    "The denoiser of one row of the table (see `row_name`)."
-    return load_denoiser(row_name(setup, method, steps), device)
-
-
-def _check_rows(setup: str, rows) -> list:
-    "The rows as (method, steps) pairs, each with shipped weights: checked before the first row is sampled."
-    bad = [r for r in rows if not (isinstance(r, (tuple, list)) and len(r) == 2 and _is_int(r[1]) and r[1] >= 1)]
-    if bad:
-        raise ValueError(f"rows must be (method, steps) pairs with steps an integer >= 1, got {bad}")
-    for method, steps in rows:
-        # FileNotFoundError listing what ships
-        weights_path(f'{row_name(setup, method, steps)}.safetensors')
-    return [(m, int(s)) for m, s in rows]
-
-# %% ../nbs/10_distillation.ipynb #d75c169c
-def distill_table(
-    setup: str,  # a key of DISTILL_SETUPS: 'toy' or 'digits'
-    rows=TABLE_ROWS,  # (method, steps) pairs
-    seed: int = 0,  # every row starts from the noise of this seed (common random numbers)
-    n: int | None = None,  # samples per row (default: the setup's, 2000 points or FID_N = 500 digits)
-    batch_size: int = 500,  # sample in chunks of this size
-    device='cpu',
-    progress: bool = True,
-) -> list:  # one dict(method, steps, value, seconds, weights) per row
-    "Sample quality of the teacher's DDIM and of the distilled students at each number of steps, from the same noise."
-    cmp = _setup(setup)
-    rows = _check_rows(setup, rows)
-    if n is not None and (not _is_int(n) or n < 1):
-        raise ValueError(f"n must be None (the setup's default) or an integer >= 1, got {n!r}")
-    if not _is_int(batch_size) or batch_size < 1:
-        raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
-    metric, n = cmp['metric'](), n or cmp['n']
-    noise = torch.randn((n, *cmp['shape']), generator=torch.Generator().manual_seed(seed)).to(device)
-    out = []
-    for method, steps in progress_bar(rows) if progress else rows:
-        model = row_model(setup, method, steps, device)
-        t0 = time.perf_counter()
-        x = torch.cat([sample_steps(model, c, steps) for c in noise.split(int(batch_size))])
-        out.append(
-            dict(
-                method=method,
-                steps=steps,
-                value=float(metric(x)),
-                seconds=round(time.perf_counter() - t0, 2),
-                weights=weights_id(row_name(setup, method, steps)),
-            )
-        )
-    return out
-
-
-def load_distill_table(path=None) -> dict:
-    "The shipped table of lesson 10 (written by tools/tables/distill.py)."
-    path = Path(path) if path is not None else TABLE_PATH
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"No distillation table at {str(path)!r}; compute it with: python tools/tables/distill.py"
-        )
-    return json.loads(path.read_text())
-
-# %% ../nbs/10_distillation.ipynb #0ac6cf4f
-def stale_rows(
-    table: dict,  # a table from `load_distill_table`
-) -> list:  # (setup, method, steps) of every row whose weights changed since it was computed
-    "Rows of a shipped table that no longer describe the shipped weights (recorded sha256 different, or missing)."
-    return [
-        (name, r['method'], r['steps'])
-        for name, t in table['tables'].items()
-        for r in t['rows']
-        if r.get('weights') != weights_id(row_name(name, r['method'], r['steps']))
-    ]
-
-
-def plot_distill_table(
-    rows: list,  # rows from `distill_table`
-    ax=None,
-    title: str | None = None,
-    ylabel: str = 'value',
-):
-    "Quality against sampling steps: DDIM with the teacher, and each distillation method."
-    if ax is None:
-        _, ax = plt.subplots(figsize=(5.5, 3.5))
-    for method, style in (('ddim', 'o-'), ('progressive', 's-'), ('direct', '*')):
-        rs = sorted((r for r in rows if r['method'] == method), key=lambda r: r['steps'])
-        label = {'ddim': 'DDIM with the teacher'}.get(method, f'{method} distillation')
-        if rs:
-            ms = 9 if method == 'direct' else 5
-            ax.plot([r['steps'] for r in rs], [r['value'] for r in rs], style, ms=ms, label=label)
-    ax.set_xscale('log', base=2)
-    ax.set(yscale='log', xlabel='sampling steps (network evaluations)', ylabel=ylabel, title=title or '')
-    ax.legend(fontsize=8)
-    return ax
-
-
-def table_value(rows: list, method: str, steps: int) -> float:
-    "The value of row (method, steps)."
-    v = [r['value'] for r in rows if r['method'] == method and r['steps'] == steps]
-    if not v:
-        raise KeyError(f"no row ({method!r}, {steps}) in the table; rows: {[(r['method'], r['steps']) for r in rows]}")
-    return v[0]

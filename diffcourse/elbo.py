@@ -8,12 +8,13 @@ import math
 from fastprogress import progress_bar
 
 import torch
-from .core import append_dims
+from .core import append_dims, randn
 from .schedules import Schedule, q_sample, _check_schedule, _check_data, _check_1d, _desc, _is_int
+from .schedules import _as_timesteps, _per_sample, check_prediction_type, x0_eps_from_prediction
 
 # %% auto #0
-__all__ = ['VARIANCES', 'PREDICTIONS', 'normal_kl', 'normal_log_prob', 'posterior_mean_var', 'reverse_variance', 'x0_from_eps',
-           'eps_from_x0', 'v_from_x0_eps', 'x0_from_v', 'eps_from_v', 'score_from_eps', 'eps_from_score', 'to_x0_eps',
+__all__ = ['VARIANCES', 'normal_kl', 'normal_log_prob', 'posterior_mean_var', 'reverse_variance', 'x0_from_eps', 'eps_from_x0',
+           'v_from_x0_eps', 'x0_from_v', 'eps_from_v', 'score_from_eps', 'eps_from_score', 'to_x0_eps',
            'optimal_eps_model', 'vlb_weight', 'decoder_variance', 'prior_kl', 'vlb_term', 'vlb_terms', 'nelbo',
            'bits_per_dim']
 
@@ -39,28 +40,11 @@ def _tables(schedule: Schedule, dtype, device, what: str = 'x0'):
     return b.to(device=device, dtype=dtype), torch.cumprod(1 - b, 0).to(device=device, dtype=dtype)
 
 
-def _timesteps(t, T: int, B: int, device, name: str = 't', lo: int = 0) -> torch.Tensor:
-    "`t` as a (B,) LongTensor in [lo, T-1], with a clear error when it does not fit the batch or the schedule."
-    t = torch.as_tensor(t, device=device)
-    if t.is_floating_point() or t.is_complex() or t.dtype == torch.bool:
-        raise ValueError(f"timesteps {name} must be integers, got dtype {t.dtype}")
-    if t.ndim == 0:
-        t = t.expand(B)
-    if t.shape != (B,):
-        raise ValueError(f"timesteps {name} must have shape ({B},) to match the batch, got {tuple(t.shape)}")
-    if len(t) and (t.min() < lo or t.max() >= T):
-        raise ValueError(
-            f"timesteps {name} must lie in [{lo}, {T - 1}] for this schedule of T={T} steps, "
-            f"got values in [{t.min().item()}, {t.max().item()}]"
-        )
-    return t.long()
-
-
 def _step_tables(t, schedule, x, t_prev=None, what: str = 'x_t'):
     "abar_t, abar_prev and the effective beta_t = 1 - abar_t / abar_prev, each (B,) in x's dtype."
     betas, abar = _tables(schedule, x.dtype, x.device, what)
-    t = _timesteps(t, len(abar), len(x), x.device)
-    t_prev = t - 1 if t_prev is None else _timesteps(t_prev, len(abar), len(x), x.device, 't_prev', lo=-1)
+    t = _as_timesteps(t, len(abar), len(x), x.device)
+    t_prev = t - 1 if t_prev is None else _as_timesteps(t_prev, len(abar), len(x), x.device, 't_prev', lo=-1)
     if (t_prev >= t).any():
         raise ValueError(f"t_prev must satisfy -1 <= t_prev < t, got t_prev={t_prev.tolist()} for t={t.tolist()}")
     a_t = abar[t]
@@ -116,33 +100,13 @@ def reverse_variance(
     x: torch.Tensor | None = None,  # optional (B, ...) tensor whose dtype, device and rank the result takes
     t_prev=None,  # (B,) the earlier step, for spaced sampling
 ) -> torch.Tensor:  # (B,) float64 variances, or (B, 1, ...) like `x` when it is given
-    "The fixed variance sigma_t^2 of the reverse step p(x_{t-1} | x_t) (DDPM §3.2)."
+    "The fixed variance nu_t (DDPM: sigma_t^2) of the reverse step p(x_{t-1} | x_t) (DDPM §3.2)."
     _check_variance(variance_type)
     ref = x if x is not None else torch.zeros(max(torch.as_tensor(t).numel(), 1), dtype=torch.float64)
     var = VARIANCES[variance_type](*_step_tables(t, schedule, ref, t_prev, 'x'))
     return append_dims(var, ref.ndim) if x is not None else var
 
 # %% ../nbs/03_elbo.ipynb #022de59b
-def _per_sample(a, x: torch.Tensor, what: str = 'abar_t') -> torch.Tensor:
-    "A per-sample alpha-bar `a` ((B,) tensor, 0-d tensor or float) in x's dtype and device, shaped to broadcast on x."
-    a = torch.as_tensor(a, device=x.device)
-    if not ((a > 0) & (a <= 1)).all():  # NaN fails this too
-        raise ValueError(
-            f"{what} must lie in (0, 1]: the alpha-bar of each sample's timestep (schedule.abar[t], "
-            f"not t), "
-            f"got values in [{a.min().item()}, {a.max().item()}]"
-        )
-    a = a.to(x.dtype)
-    if a.ndim == 0:
-        return a
-    if a.ndim != 1 or len(a) != len(x):
-        raise ValueError(
-            f"{what} must be a (B,) tensor with B={len(x)} (one value per sample) or a scalar, "
-            f"got shape {tuple(a.shape)}"
-        )
-    return append_dims(a, x.ndim)
-
-
 def x0_from_eps(
     x_t: torch.Tensor,  # (B, ...) noisy sample
     eps: torch.Tensor,  # (B, ...) noise (or its prediction)
@@ -200,36 +164,16 @@ def eps_from_score(score: torch.Tensor, abar_t) -> torch.Tensor:
     return -(1 - _per_sample(abar_t, score)).sqrt() * score
 
 # %% ../nbs/03_elbo.ipynb #1c528ee4
-def _x0_eps_from_eps(x_t, out, abar_t):
-    return x0_from_eps(x_t, out, abar_t), out
-
-
-def _x0_eps_from_x0(x_t, out, abar_t):
-    return out, eps_from_x0(x_t, out, abar_t)
-
-
-def _x0_eps_from_v(x_t, out, abar_t):
-    return x0_from_v(x_t, out, abar_t), eps_from_v(x_t, out, abar_t)
-
-
-PREDICTIONS = dict(eps=_x0_eps_from_eps, x0=_x0_eps_from_x0, v=_x0_eps_from_v)
-
-
-def _check_prediction(prediction):
-    if not isinstance(prediction, str) or prediction not in PREDICTIONS:
-        raise ValueError(f"Unknown prediction {prediction!r}; known: {sorted(PREDICTIONS)}")
-
-
 def to_x0_eps(
     out: torch.Tensor,  # (B, ...) the model's output
     x_t: torch.Tensor,  # (B, ...) the model's input
     abar_t,  # (B,) alpha-bar of each sample's timestep
-    prediction: str = 'eps',  # what the model predicts: one of PREDICTIONS ('eps', 'x0', 'v')
+    prediction_type: str = 'epsilon',  # what the model predicts: one of PREDICTION_TYPES (or 'eps', 'x0', 'v')
 ) -> tuple[torch.Tensor, torch.Tensor]:  # (x0_hat, eps_hat)
-    "Both x0_hat and eps_hat from a model output of any parameterization."
-    _check_prediction(prediction)
+    "Both x0_hat and eps_hat from a model output of any prediction type (lesson 02's eq. P3)."
+    prediction_type = check_prediction_type(prediction_type)
     _same_shape(x_t, out, 'x_t', 'model output')
-    return PREDICTIONS[prediction](x_t, out, abar_t)
+    return x0_eps_from_prediction(out, x_t, abar_t, prediction_type)  # eq. (P3)
 
 # %% ../nbs/03_elbo.ipynb #504998a9
 def optimal_eps_model(
@@ -248,7 +192,7 @@ def optimal_eps_model(
         x_t: torch.Tensor,  # (B, D) noisy samples
         t: torch.Tensor,  # (B,) integer timesteps
     ) -> torch.Tensor:  # (B, D) E[eps | x_t] in x_t's dtype
-        t = _timesteps(t, len(abar64), len(x_t), 'cpu')
+        t = _as_timesteps(t, len(abar64), len(x_t), 'cpu')
         out = torch.empty_like(x_t, dtype=torch.float64)
         for tv in t.unique().tolist():  # one noised mixture per distinct timestep
             sel = (t == tv).to(x_t.device)
@@ -299,13 +243,13 @@ def vlb_term(
     out: torch.Tensor,  # (B, ...) the model's output at (x_t, t)
     schedule: Schedule,  # the variance schedule
     variance_type: str = 'fixed_large',  # the reverse variance, one of VARIANCES
-    prediction: str = 'eps',  # what the model predicts, one of PREDICTIONS
+    prediction_type: str = 'epsilon',  # what the model predicts: one of PREDICTION_TYPES (or 'eps', 'x0', 'v')
 ) -> torch.Tensor:  # (B,) the term in nats: -log p(x0 | x1) at t = 0, the denoising KL at t >= 1
     "One term of the negative ELBO per sample: reconstruction at t = 0, denoising matching at t >= 1."
     _same_shape(x0, x_t, 'x0', 'x_t')
     _, abar = _tables(schedule, x0.dtype, x0.device)
-    t = _timesteps(t, len(abar), len(x0), x0.device)
-    x0_hat, _ = to_x0_eps(out, x_t, abar[t], prediction)
+    t = _as_timesteps(t, len(abar), len(x0), x0.device)
+    x0_hat, _ = to_x0_eps(out, x_t, abar[t], prediction_type)
     m, v = posterior_mean_var(x0, x_t, t, schedule)
     m_hat, _ = posterior_mean_var(x0_hat, x_t, t, schedule)
     s2 = reverse_variance(t, schedule, variance_type, x=x0)
@@ -320,7 +264,7 @@ def vlb_terms(
     x0: torch.Tensor,  # (B, ...) data points
     schedule: Schedule,  # the variance schedule the model was trained with
     variance_type: str = 'fixed_large',  # the reverse variance, one of VARIANCES
-    prediction: str = 'eps',  # what the model predicts, one of PREDICTIONS
+    prediction_type: str = 'epsilon',  # what the model predicts: one of PREDICTION_TYPES (or 'eps', 'x0', 'v')
     generator: torch.Generator | None = None,  # randomness for the x_t draws
     progress: bool = False,  # show a progress bar over the T steps
 ) -> dict:  # prior (B,), terms (B, T) and control variates cv (B, T), all in nats
@@ -328,7 +272,7 @@ def vlb_terms(
     if not callable(model):
         raise TypeError(f"model must be callable as model(x_t, t), got {_desc(model)}")
     _check_variance(variance_type)
-    _check_prediction(prediction)
+    prediction_type = check_prediction_type(prediction_type)
     _check_data(x0, 'x0')
     _, abar = _tables(schedule, x0.dtype, x0.device)
     B, T, D = len(x0), schedule.T, x0[0].numel()
@@ -336,14 +280,14 @@ def vlb_terms(
     steps = progress_bar(range(T), leave=False) if progress else range(T)
     for t in steps:
         tt = torch.full((B,), t, dtype=torch.long, device=x0.device)
-        eps = torch.randn(x0.shape, generator=generator, dtype=x0.dtype).to(x0.device)
+        eps = randn(x0.shape, generator, x0.device, x0.dtype)
         x_t = q_sample(x0, tt, eps, abar)
         with torch.no_grad():
             out = model(x_t, tt)
         if not torch.is_tensor(out) or out.shape != x0.shape:
             got = f"shape {tuple(out.shape)}" if torch.is_tensor(out) else _desc(out)
             raise ValueError(f"the model returned {got}, expected a tensor of the shape of x0 {tuple(x0.shape)}")
-        terms[:, t] = vlb_term(x0, x_t, tt, out, schedule, variance_type, prediction)
+        terms[:, t] = vlb_term(x0, x_t, tt, out, schedule, variance_type, prediction_type)
         cv[:, t] = eps.flatten(1).pow(2).sum(1) - D  # mean exactly 0
     return dict(prior=prior_kl(x0, schedule), terms=terms, cv=cv)
 

@@ -7,75 +7,17 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from fastcore.basics import patch
 
-from .core import append_dims, check_number, register_architecture
+from .core import append_dims, check_number, randint, randn, register_architecture, timestep_embedding
 from .schedules import q_sample, sigma_to_abar, sigma_to_t
-from .training import timestep_embedding, ddpm_loss
+from .training import ddpm_loss
 from .unet import UNetBlock, Downsample
 
 # %% auto #0
 __all__ = ['NoisyClassifier', 'noisy_classifier_loss', 'check_scale', 'Guided', 'GradientGuidance', 'check_labels',
            'classifier_log_prob', 'classifier_guidance', 'drop_labels', 'cfg_ddpm_loss', 'w_to_scale', 'scale_to_w',
            'cfg_combine', 'ClassifierFreeGuidance', 'class_diversity']
-
-# %% ../nbs/08_guidance.ipynb #0ab51763
-@register_architecture
-class NoisyClassifier(nn.Module):
-    "The U-Net's downsampling half with a linear head: `forward(x_t, t) -> (B, num_classes)` logits of noisy images."
-
-    def __init__(
-        self,
-        num_classes: int = 10,  # number of classes
-        in_channels: int = 1,  # channels of x_t
-        channels: tuple = (16, 32, 64),  # width of each resolution level
-        attn: tuple = (False, False, True),  # self-attention at each level
-        layers: int = 1,  # blocks per level
-        groups: int = 8,  # GroupNorm groups
-        heads: int = 4,
-    ):  # attention heads
-        super().__init__()
-        channels, attn = tuple(channels), tuple(attn)
-        num_classes = check_number(num_classes, 'num_classes', 1, integer=True)
-        in_channels = check_number(in_channels, 'in_channels', 1, integer=True)
-        layers = check_number(layers, 'layers', 1, integer=True)
-        groups = check_number(groups, 'groups', 1, integer=True)
-        heads = check_number(heads, 'heads', 1, integer=True)
-        _check_levels(channels, attn, groups, heads)
-        self.config = dict(
-            num_classes=num_classes,
-            in_channels=in_channels,
-            channels=list(channels),
-            attn=list(attn),
-            layers=layers,
-            groups=groups,
-            heads=heads,
-        )
-        self.num_classes = num_classes
-        c = c0 = channels[0]
-        emb_dim = 4 * c0
-        self.temb = nn.Sequential(nn.Linear(c0, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
-        self.conv_in = nn.Conv2d(in_channels, c0, 3, padding=1)
-        self.blocks = nn.ModuleList()
-        for i, (ch, a) in enumerate(zip(channels, attn)):
-            for _ in range(layers):
-                self.blocks.append(UNetBlock(c, ch, emb_dim, a, heads, None, groups))
-                c = ch
-            if i < len(channels) - 1:
-                self.blocks.append(Downsample(c))
-        self.norm, self.head = nn.GroupNorm(groups, c), nn.Linear(c, num_classes)
-
-    def forward(
-        self,
-        x,  # (B, in_channels, H, W) noisy images x_t
-        t,
-    ):  # (B,) timesteps (fractional allowed), or one for the batch
-        B = _check_input(x, self.config['in_channels'], self.conv_in.weight.dtype)
-        t = _check_t(t, B, x.device)  # (B,)
-        emb = self.temb(timestep_embedding(t, self.temb[0].in_features))  # (B, E)
-        h = self.conv_in(x)  # (B, c0, H, W)
-        for m in self.blocks:
-            h = m(h, emb)
-        return self.head(F.silu(self.norm(h)).mean((2, 3)))  # (B, num_classes)
 
 # %% ../nbs/08_guidance.ipynb #bdc96211
 def _check_levels(channels: tuple, attn: tuple, groups: int, heads: int):
@@ -90,12 +32,61 @@ def _check_levels(channels: tuple, attn: tuple, groups: int, heads: int):
                 f"where attn is set, attn={attn})"
             )
 
+# %% ../nbs/08_guidance.ipynb #59a24bcf
+def _noisy_classifier_config(num_classes, in_channels, channels, attn, layers, groups, heads) -> dict:
+    "The arguments of `NoisyClassifier` checked, as its config (`channels` and `attn` as lists)."
+    channels, attn = tuple(channels), tuple(attn)
+    sizes = dict(num_classes=num_classes, in_channels=in_channels, layers=layers, groups=groups, heads=heads)
+    sizes = {name: check_number(v, name, 1, integer=True) for name, v in sizes.items()}
+    _check_levels(channels, attn, sizes['groups'], sizes['heads'])
+    return dict(
+        num_classes=sizes['num_classes'],
+        in_channels=sizes['in_channels'],
+        channels=list(channels),
+        attn=list(attn),
+        layers=sizes['layers'],
+        groups=sizes['groups'],
+        heads=sizes['heads'],
+    )
 
+# %% ../nbs/08_guidance.ipynb #0ab51763
+@register_architecture
+class NoisyClassifier(nn.Module):
+    "The U-Net's downsampling half with a linear head: `forward(x_t, t) -> (B, num_classes)` logits of noisy images."
+
+    def __init__(
+        self,
+        num_classes: int = 10,  # number of classes
+        in_channels: int = 1,  # channels of x_t
+        channels: tuple = (16, 32, 64),  # width of each resolution level
+        attn: tuple = (False, False, True),  # self-attention at each level
+        layers: int = 1,  # blocks per level
+        groups: int = 8,  # GroupNorm groups
+        heads: int = 4,  # attention heads
+    ):
+        super().__init__()
+        args = (num_classes, in_channels, channels, attn, layers, groups, heads)
+        self.config = cfg = _noisy_classifier_config(*args)
+        self.num_classes = cfg['num_classes']
+        c = c0 = cfg['channels'][0]
+        emb_dim = 4 * c0
+        self.temb = nn.Sequential(nn.Linear(c0, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
+        self.conv_in = nn.Conv2d(cfg['in_channels'], c0, 3, padding=1)
+        self.blocks = nn.ModuleList()
+        for i, (ch, a) in enumerate(zip(cfg['channels'], cfg['attn'])):
+            for _ in range(cfg['layers']):
+                self.blocks.append(UNetBlock(c, ch, emb_dim, a, cfg['heads'], None, cfg['groups']))
+                c = ch
+            if i < len(cfg['channels']) - 1:
+                self.blocks.append(Downsample(c))
+        self.norm, self.head = nn.GroupNorm(cfg['groups'], c), nn.Linear(c, cfg['num_classes'])
+
+# %% ../nbs/08_guidance.ipynb #f4ce70b2
 def _shape_of(x) -> str:
     "What an error message says a value was: a tensor's shape, else the name of its type."
     return str(tuple(x.shape)) if torch.is_tensor(x) else type(x).__name__
 
-
+# %% ../nbs/08_guidance.ipynb #4da274f0
 def _check_input(
     x,  # what the network was given as x_t
     channels: int,  # the channels it takes
@@ -107,7 +98,7 @@ def _check_input(
         raise ValueError(f"x must be a {dtype} tensor of shape (B, {channels}, H, W), got {got}")
     return x.shape[0]
 
-
+# %% ../nbs/08_guidance.ipynb #17f8b634
 def _check_t(
     t,  # timesteps: a number, a 0-d tensor or (B,)
     B: int,
@@ -119,6 +110,22 @@ def _check_t(
         raise ValueError(f"t must be one timestep or one per sample, shape () or ({B},), got shape {tuple(t.shape)}")
     return t.expand(B)
 
+# %% ../nbs/08_guidance.ipynb #ca5fc8b3
+@patch
+def forward(
+    self: NoisyClassifier,
+    x,  # (B, in_channels, H, W) noisy images x_t
+    t,  # (B,) timesteps (fractional allowed), or one for the batch
+):
+    "(B, num_classes) logits of the noisy images `x` at timesteps `t`."
+    B = _check_input(x, self.config['in_channels'], self.conv_in.weight.dtype)
+    t = _check_t(t, B, x.device)  # (B,)
+    emb = self.temb(timestep_embedding(t, self.temb[0].in_features))  # (B, E)
+    h = self.conv_in(x)  # (B, c0, H, W)
+    for m in self.blocks:
+        h = m(h, emb)
+    return self.head(F.silu(self.norm(h)).mean((2, 3)))  # (B, num_classes)
+
 # %% ../nbs/08_guidance.ipynb #534e53d3
 def noisy_classifier_loss(
     schedule,  # the `Schedule` of the diffusion model to guide
@@ -128,9 +135,8 @@ def noisy_classifier_loss(
 
     def loss_fn(model, batch):
         x0, y = batch[0], batch[1]  # (B, C, H, W), (B,)
-        gdev = generator.device if generator is not None else x0.device
-        t = torch.randint(0, schedule.T, (len(x0),), generator=generator, device=gdev).to(x0.device)  # (B,)
-        eps = torch.randn(x0.shape, generator=generator, device=gdev).to(x0)
+        t = randint(0, schedule.T, (len(x0),), generator, x0.device)  # (B,)
+        eps = randn(x0.shape, generator, x0.device).to(x0.dtype)
         return F.cross_entropy(model(q_sample(x0, t, eps, schedule.abar), t), y)  # DDPM eq. (4) inputs
 
     return loss_fn
@@ -164,41 +170,48 @@ class GradientGuidance(Guided):
         log_prob,  # log_prob(x, sigma, x0_hat) -> (B,) log p(y | x) (or any score to climb)
         scale: float,  # the guidance scale s >= 0
         through_x0: bool = False,  # True: x0_hat is computed with gradients, so grad_x flows back through D
-        sigma_cap: float | None = None,
-    ):  # weight by min(sigma, sigma_cap)^2 instead of sigma^2 (None: no cap)
+        sigma_cap: float | None = None,  # weight by min(sigma, sigma_cap)^2 instead of sigma^2 (None: no cap)
+    ):
         super().__init__(model)
         if not callable(log_prob):
             raise TypeError(f"log_prob must be a function (x, sigma, x0_hat) -> (B,), got {type(log_prob).__name__}")
         self.log_prob, self.scale, self.through_x0 = log_prob, check_scale(scale), through_x0
         self.sigma_cap = None if sigma_cap is None else check_scale(sigma_cap, 'sigma_cap')
 
-    def forward(
-        self,
-        x,  # (B, ...) sample at noise level sigma
-        sigma,
-    ):  # noise level: a number, 0-d tensor or (B,)
-        sig = torch.as_tensor(sigma, dtype=x.dtype, device=x.device).expand(x.shape[0])  # (B,)
-        if self.scale == 0:
-            return self.model(x, sigma)
-        with torch.enable_grad():
-            x_in = x.detach().requires_grad_(True)
-            if self.through_x0:
-                x0_hat = self.model(x_in, sigma)
-            else:
-                with torch.no_grad():
-                    x0_hat = self.model(x, sigma)
-            lp = self.log_prob(x_in, sig, x0_hat)
-            if not torch.is_tensor(lp) or lp.shape != sig.shape:
-                got = _shape_of(lp)
-                raise ValueError(f"log_prob must return one value per sample, shape {tuple(sig.shape)}, got {got}")
-            lp = lp.sum()
-            grad = (
-                torch.autograd.grad(lp, x_in, allow_unused=True)[0] if lp.requires_grad else None
-            )  # (B, ...) grad_x log p
-            if grad is None:
-                grad = torch.zeros_like(x)  # log_prob does not depend on x
-        w = sig if self.sigma_cap is None else sig.clamp(max=self.sigma_cap)  # (B,)
-        return x0_hat.detach() + self.scale * append_dims(w, x.ndim) ** 2 * grad  # eq. (G2)
+# %% ../nbs/08_guidance.ipynb #6b07c9f7
+def _grad_log_prob(
+    lp,  # what log_prob returned: (B,) log p(y | x)
+    x_in: torch.Tensor,  # (B, ...) the input it was computed from, with requires_grad
+    B: int,  # the batch size
+) -> torch.Tensor:  # (B, ...) grad_x log p, zeros where log_prob does not depend on x
+    "The gradient of a (B,) log-probability with respect to `x_in`."
+    if not torch.is_tensor(lp) or lp.shape != (B,):
+        raise ValueError(f"log_prob must return one value per sample, shape ({B},), got {_shape_of(lp)}")
+    lp = lp.sum()
+    grad = torch.autograd.grad(lp, x_in, allow_unused=True)[0] if lp.requires_grad else None
+    return torch.zeros_like(x_in) if grad is None else grad
+
+# %% ../nbs/08_guidance.ipynb #4b805d5d
+@patch
+def forward(
+    self: GradientGuidance,
+    x,  # (B, ...) sample at noise level sigma
+    sigma,  # noise level: a number, 0-d tensor or (B,)
+):
+    "The guided estimate of the clean sample, eq. (G2)."
+    sig = torch.as_tensor(sigma, dtype=x.dtype, device=x.device).expand(x.shape[0])  # (B,)
+    if self.scale == 0:
+        return self.model(x, sigma)
+    with torch.enable_grad():
+        x_in = x.detach().requires_grad_(True)
+        if self.through_x0:
+            x0_hat = self.model(x_in, sigma)
+        else:
+            with torch.no_grad():
+                x0_hat = self.model(x, sigma)
+        grad = _grad_log_prob(self.log_prob(x_in, sig, x0_hat), x_in, x.shape[0])  # (B, ...) grad_x log p
+    w = sig if self.sigma_cap is None else sig.clamp(max=self.sigma_cap)  # (B,)
+    return x0_hat.detach() + self.scale * append_dims(w, x.ndim) ** 2 * grad  # eq. (G2)
 
 # %% ../nbs/08_guidance.ipynb #83ce12e0
 def check_labels(
@@ -287,7 +300,7 @@ def cfg_ddpm_loss(
     schedule,  # the noise schedule
     p_uncond: float = 0.2,  # condition dropout probability
     num_classes: int = 10,  # classes of the data
-    objective: str = 'eps',  # what the network predicts
+    prediction_type: str = 'epsilon',  # what the network predicts: one of PREDICTION_TYPES (or 'eps', 'x0', 'v')
     generator: torch.Generator | None = None,
 ):
     "A `loss_fn(model, batch)` for `train`: the DDPM loss of a class-conditional model with condition dropout."
@@ -296,9 +309,8 @@ def cfg_ddpm_loss(
 
     def loss_fn(model, batch):
         x0, y = batch[0], batch[1]
-        return ddpm_loss(
-            model, x0, schedule, objective, generator, class_labels=drop_labels(y, p_uncond, num_classes, generator)
-        )
+        labels = drop_labels(y, p_uncond, num_classes, generator)
+        return ddpm_loss(model, x0, schedule, prediction_type, generator, class_labels=labels)
 
     return loss_fn
 

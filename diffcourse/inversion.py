@@ -4,12 +4,13 @@
 
 # %% ../nbs/09b_textual_inversion.ipynb #7e83dec7
 from __future__ import annotations
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
 import torch.nn as nn
 
-from .core import save_safetensors, load_safetensors, weights_path, check_number
+from .core import save_safetensors, load_safetensors, weights_path, check_number, randn
 from .schedules import Schedule
 from .training import ddpm_loss, train
 from .latent import SDParts, latent_dataset
@@ -17,8 +18,8 @@ from .guidance import _shape_of
 from .clip import tokenize
 
 # %% auto #0
-__all__ = ['GLYPH_TINY', 'TOKEN_FORMAT', 'ink_radius', 'add_token', 'insert_token', 'inversion_loss_fn', 'learn_token',
-           'save_token', 'load_token']
+__all__ = ['GLYPH_TINY', 'ink_radius', 'add_token', 'insert_token', 'inversion_loss_fn', 'learn_token', 'save_token',
+           'load_token']
 
 # %% ../nbs/09b_textual_inversion.ipynb #c8df6eda
 def ink_radius(
@@ -62,7 +63,7 @@ def _check_new_token(
         )
     return token
 
-
+# %% ../nbs/09b_textual_inversion.ipynb #d4aa8bcd
 def add_token(
     tokenizer,  # the checkpoint's tokenizer (changed in place)
     text_encoder: nn.Module,  # the checkpoint's text encoder (changed in place)
@@ -93,7 +94,7 @@ def insert_token(
     article, rest = caption.strip().split(' ', 1)
     return f'{article} {token} {rest}'
 
-
+# %% ../nbs/09b_textual_inversion.ipynb #9518778d
 def _token_id(tokenizer, text_encoder, token: str) -> int:
     "The id of `token`: one added before (by an earlier run) is reused, any other is added, checked by `add_token`."
     added = tokenizer.get_added_vocab()
@@ -118,8 +119,7 @@ def inversion_loss_fn(
         mu, sigma, idx = batch  # (B, C, h, w), (B, C, h, w), (B,)
         ids = all_ids[idx.cpu()].to(mu.device)
         context = text_encoder(ids)[0]  # (B, L, D), depends on the new row
-        gdev = generator.device if generator is not None else mu.device
-        z0 = mu + sigma * torch.randn(mu.shape, generator=generator, device=gdev).to(mu.device)
+        z0 = mu + sigma * randn(mu.shape, generator, mu.device)
         net = lambda z_t, t, context: unet(z_t, t, encoder_hidden_states=context).sample
         return ddpm_loss(net, z0, schedule, 'eps', generator, context=context)  # eq. (1)
 
@@ -136,6 +136,25 @@ def _check_concept(images, captions: list, token: str):
     if missing:
         raise ValueError(f"every caption must contain the token {token!r}; e.g. {missing[0]!r} does not")
 
+# %% ../nbs/09b_textual_inversion.ipynb #3527ecc0
+@contextmanager
+def _only_row_learns(
+    text_encoder: nn.Module,  # a (frozen) text encoder
+    tid: int,  # the row of its token-embedding table that is to learn
+):  # yields the (V, D) embedding table, with requires_grad
+    "Within the block, row `tid` of the token embeddings alone gets gradients; the table is frozen again after."
+    weight = text_encoder.get_input_embeddings().weight
+    weight.requires_grad_(True)
+    keep = torch.zeros(len(weight), 1, device=weight.device)
+    keep[tid] = 1
+    hook = weight.register_hook(lambda g: g * keep)  # only the new row learns
+    try:
+        yield weight
+    finally:
+        hook.remove()
+        weight.requires_grad_(False)
+        text_encoder.eval()
+
 # %% ../nbs/09b_textual_inversion.ipynb #52581ad0
 def learn_token(
     parts: SDParts,  # the frozen checkpoint; its tokenizer and text encoder get the new token
@@ -144,9 +163,9 @@ def learn_token(
     token: str,  # the new word: no word of the vocabulary, nor part of one
     steps: int = 1000,  # optimizer steps
     lr: float = 5e-3,  # learning rate of the embedding row
-    batch_size: int = 32,
-    seed: int = 0,
-    progress: bool = True,
+    batch_size: int = 32,  # concept images per step (at most N)
+    seed: int = 0,  # seed of the batch order and of `train`
+    progress: bool = True,  # show a progress bar
 ):  # (the learned (D,) embedding, the `TrainState`)
     "Textual inversion: add `token` and learn its embedding alone, everything else frozen (Gal et al. 2022)."
     check_number(steps, 'steps', 1, integer=True)
@@ -156,62 +175,49 @@ def learn_token(
     tid = _token_id(parts.tokenizer, parts.text_encoder, token)
     for m in (parts.unet, parts.vae, parts.text_encoder):
         m.requires_grad_(False).eval()
-    weight = parts.text_encoder.get_input_embeddings().weight
-    weight.requires_grad_(True)
-    keep = torch.zeros(len(weight), 1, device=weight.device)
-    keep[tid] = 1
-    hook = weight.register_hook(lambda g: g * keep)  # only the new row learns
-    ds = latent_dataset(parts.vae, images)
-    dl = torch.utils.data.DataLoader(
-        ds,
-        batch_size=min(batch_size, len(ds)),
-        shuffle=True,
-        drop_last=True,
-        generator=torch.Generator().manual_seed(seed),
-    )
-    loss_fn = inversion_loss_fn(parts.unet, parts.tokenizer, captions, Schedule.from_betas(parts.scheduler.betas))
-    optimizer = torch.optim.AdamW([weight], lr=lr, weight_decay=0.0)
-    try:
-        state = train(
-            parts.text_encoder,
-            loss_fn,
-            dl,
-            steps,
-            lr,
-            warmup=min(50, steps // 10),
-            weight_decay=0.0,
-            ema_decay=0.0,
-            clip=None,
-            seed=seed,
-            progress=progress,
-            optimizer=optimizer,
-        )
-    finally:
-        hook.remove()
-        weight.requires_grad_(False)
-        parts.text_encoder.eval()
+    with _only_row_learns(parts.text_encoder, tid) as weight:
+        ds = latent_dataset(parts.vae, images)
+        g = torch.Generator().manual_seed(seed)
+        dl = torch.utils.data.DataLoader(ds, min(batch_size, len(ds)), shuffle=True, drop_last=True, generator=g)
+        loss_fn = inversion_loss_fn(parts.unet, parts.tokenizer, captions, Schedule.from_betas(parts.scheduler.betas))
+        optimizer = torch.optim.AdamW([weight], lr=lr, weight_decay=0.0)
+        opts = dict(weight_decay=0.0, ema_decay=0.0, clip=None, seed=seed, progress=progress, optimizer=optimizer)
+        state = train(parts.text_encoder, loss_fn, dl, steps, lr, warmup=min(50, steps // 10), **opts)
     return weight[tid].detach().clone(), state
 
 # %% ../nbs/09b_textual_inversion.ipynb #03284363
 GLYPH_TINY = 'glyph_tiny_token.safetensors'
-
-TOKEN_FORMAT = 'diffcourse.token/1'
 
 
 def save_token(
     path,  # the .safetensors file to write
     token: str,  # the word
     embedding: torch.Tensor,  # (D,) its embedding
-    **info,
-):  # what produced it (stored in the metadata)
-    "Save a learned word as diffusers' textual-inversion format: {token: (D,) embedding}, with a format tag."
+    **info,  # what produced it (stored in the metadata)
+):
+    "Save a learned word in diffusers' textual-inversion layout, {token: (D,) embedding}, in the course's format."
+    from diffcourse.artifacts import save
+
     if not isinstance(token, str) or not token or any(c.isspace() for c in token):
         raise ValueError(f"token must be a non-empty string without spaces, got {token!r}")
     if not torch.is_tensor(embedding) or embedding.ndim != 1 or not embedding.is_floating_point():
         raise ValueError(f"embedding must be a (D,) float tensor, got {_shape_of(embedding)}")
-    if 'format' in info:
-        raise ValueError("info may not set 'format': save_token writes it")
-    return save_safetensors({token: embedding.detach().float().cpu()}, path, metadata={'format': TOKEN_FORMAT, **info})
+    return save(path, {}, tensors={token: embedding.detach().float().cpu()}, **info)
+
+# %% ../nbs/09b_textual_inversion.ipynb #faf39701
+def _token_tensors(path) -> dict:
+    "The tensors of a word's file: ours (the course's format, no model) or diffusers' own (no format tag)."
+    from diffcourse.artifacts import FORMAT, load_file
+
+    tensors, meta = load_safetensors(path)
+    if meta.get('format', FORMAT) != FORMAT:
+        raise ValueError(f"{str(path)!r} is not a textual-inversion file (metadata format {meta['format']!r})")
+    if 'format' not in meta:
+        return tensors
+    loaded = load_file(path)
+    if loaded.models:
+        raise ValueError(f"{str(path)!r} is not a textual-inversion file: it holds the models {sorted(loaded.models)}")
+    return loaded.tensors
 
 
 def load_token(
@@ -220,9 +226,7 @@ def load_token(
 ) -> str:  # the token, ready to use in prompts
     "Teach `parts` a word learned by textual inversion, after checking the file and that the word shadows none."
     path = Path(path) if path is not None else weights_path(GLYPH_TINY)
-    tensors, meta = load_safetensors(path)
-    if meta.get('format', TOKEN_FORMAT) != TOKEN_FORMAT:  # diffusers' own files carry no tag
-        raise ValueError(f"{str(path)!r} is not a textual-inversion file (metadata format {meta['format']!r})")
+    tensors = _token_tensors(path)
     if len(tensors) != 1:
         names = list(tensors)[:5]
         raise ValueError(f"{str(path)!r}: a textual-inversion file holds one tensor keyed by its token, got {names}")

@@ -12,20 +12,13 @@ import torch
 import torch.nn as nn
 from fastprogress import progress_bar
 
-from .core import save_safetensors, load_safetensors, weights_path, check_number
+from .core import save_safetensors, load_safetensors, weights_path, check_number, randn
 from .schedules import Schedule
 from .training import ddpm_loss
 from .guidance import cfg_combine, check_scale, _shape_of
 from diffcourse.clip import (
     check_prompts,
     drop_style_words,
-    _check_format,
-    _meta_json,
-    _config_keys,
-    _init_keys,
-    _check_config,
-    _build_checked,
-    _tokenizer_from_meta,
     _local_or_hub,
 )
 
@@ -79,7 +72,7 @@ def glyph_vae(**kw) -> nn.Module:
     )
     return AutoencoderKL(**{**cfg, **kw})
 
-
+# %% ../nbs/09_stable_diffusion.ipynb #754d4bfa
 def glyph_unet(
     cross_attention_dim: int = 64,  # width D of the text encoder's hidden states
     **kw,
@@ -102,7 +95,7 @@ def glyph_unet(
     )
     return UNet2DConditionModel(**{**cfg, **kw})
 
-
+# %% ../nbs/09_stable_diffusion.ipynb #4104c0f3
 def glyph_scheduler(**kw):
     "Stable Diffusion's DDIM scheduler: 1000 steps of the scaled-linear schedule, 'leading' spacing with offset 1."
     from diffusers import DDIMScheduler
@@ -253,7 +246,7 @@ def _step_kwargs(scheduler, generator, eta):
     params = inspect.signature(scheduler.step).parameters
     return {k: v for k, v in (('eta', eta), ('generator', generator)) if k in params}
 
-
+# %% ../nbs/09_stable_diffusion.ipynb #ed1efa0d
 @torch.no_grad()
 def denoise(
     unet: nn.Module,  # the U-Net: (z_t, t, encoder_hidden_states) -> eps_hat
@@ -297,7 +290,7 @@ def vae_factor(vae: nn.Module) -> int:
     "How much the VAE shrinks each side: 2 ** (number of levels - 1) (8 for Stable Diffusion, 4 for the glyph VAE)."
     return 2 ** (len(vae.config.block_out_channels) - 1)
 
-
+# %% ../nbs/09_stable_diffusion.ipynb #43d98018
 @torch.no_grad()
 def decode_latents(
     vae: nn.Module,  # the checkpoint's VAE
@@ -311,7 +304,7 @@ def decode_latents(
     p = next(vae.parameters())
     return vae.decode(latents.to(p.device, p.dtype) / vae.config.scaling_factor).sample.clamp(-1, 1)
 
-
+# %% ../nbs/09_stable_diffusion.ipynb #c298128c
 @torch.no_grad()
 def encode_images(
     vae: nn.Module,  # the checkpoint's VAE
@@ -342,7 +335,7 @@ def _noise(shape, generator, device, dtype):
     if generator is None:
         generator = torch.Generator()
         generator.seed()  # never touches the global generator
-    return torch.randn(shape, generator=generator, device=generator.device).to(device, dtype)
+    return randn(shape, generator, device).to(dtype)
 
 
 def _check_sampling(steps, guidance_scale, eta, generator, scheduler) -> tuple:
@@ -397,19 +390,8 @@ def text_to_image(
     elif not torch.is_tensor(latents) or tuple(latents.shape) != shape or not latents.is_floating_point():
         raise ValueError(f"latents must be a float tensor of shape {shape}, got {_shape_of(latents)}")
     latents = latents.to(parts.device, cond.dtype) * sch.init_noise_sigma
-    latents = denoise(
-        parts.unet,
-        sch,
-        latents,
-        sch.timesteps,
-        cond,
-        uncond,
-        guidance_scale,
-        generator=generator,
-        eta=eta,
-        callback=callback,
-        progress=progress,
-    )
+    loop = dict(generator=generator, eta=eta, callback=callback, progress=progress)
+    latents = denoise(parts.unet, sch, latents, sch.timesteps, cond, uncond, guidance_scale, **loop)
     return decode_latents(parts.vae, latents) if decode else latents
 
 # %% ../nbs/09_stable_diffusion.ipynb #f39b87ae
@@ -448,19 +430,8 @@ def image_to_image(
         return decode_latents(parts.vae, z0)
     noise = _noise(z0.shape, generator, parts.device, z0.dtype)
     latents = sch.add_noise(z0, noise, timesteps[:1].repeat(len(z0)))  # eq. (2)
-    latents = denoise(
-        parts.unet,
-        sch,
-        latents,
-        timesteps,
-        cond,
-        uncond,
-        guidance_scale,
-        generator=generator,
-        eta=eta,
-        callback=callback,
-        progress=progress,
-    )
+    loop = dict(generator=generator, eta=eta, callback=callback, progress=progress)
+    latents = denoise(parts.unet, sch, latents, timesteps, cond, uncond, guidance_scale, **loop)
     return decode_latents(parts.vae, latents)
 
 # %% ../nbs/09_stable_diffusion.ipynb #9de944ca
@@ -482,8 +453,7 @@ def vae_loss_fn(
     def loss_fn(vae, batch):
         x = batch[0]  # (B, 1, H, W) in [-1, 1]
         post = vae.encode(x).latent_dist
-        gdev = generator.device if generator is not None else x.device
-        z = post.mean + post.std * torch.randn(post.mean.shape, generator=generator, device=gdev).to(x.device)
+        z = post.mean + post.std * randn(post.mean.shape, generator, x.device)
         recon = vae.decode(z).sample
         return (recon - x).abs().mean() + kl_weight * vae_kl(post.mean, post.logvar).mean()  # eq. (3)
 
@@ -513,15 +483,11 @@ def fit_scaling_factor(
 GLYPH_VAE, GLYPH_SD = 'glyph_vae.safetensors', 'glyph_sd.safetensors'
 
 
-def _config_json(model) -> str:
-    "A diffusers model's config as JSON (without the private keys)."
-    return json.dumps({k: v for k, v in dict(model.config).items() if not k.startswith('_')})
-
-
 def save_glyph_vae(vae: nn.Module, path, **info):
-    "Ship a glyph VAE: weights in float16, its config (with the scaling factor) and `info` in the metadata."
-    meta = dict(format='diffcourse.sd-vae/1', config=_config_json(vae), **info)
-    return save_safetensors({k: v.half() for k, v in vae.state_dict().items()}, path, metadata=meta)
+    "Ship a glyph VAE: weights in float16, its config (with the scaling factor) and `info`: `artifacts.save`."
+    from diffcourse.artifacts import save
+
+    return save(path, vae, half=True, **info)
 
 
 def load_glyph_vae(
@@ -529,17 +495,9 @@ def load_glyph_vae(
     device='cpu',
 ) -> nn.Module:
     "The glyph VAE (a diffusers `AutoencoderKL` in eval mode, float32, frozen); the file is checked first."
-    from diffusers import AutoencoderKL
+    from diffcourse.artifacts import load
 
-    path = Path(path) if path is not None else weights_path(GLYPH_VAE)
-    tensors, meta = load_safetensors(path)
-    _check_format(meta, 'diffcourse.sd-vae/1', path, 'a VAE written by save_glyph_vae')
-    config = _meta_json(meta, 'config', path)
-    _check_config(config, _init_keys(AutoencoderKL), path, 'AutoencoderKL', len(tensors))
-    vae = _build_checked(
-        lambda: AutoencoderKL.from_config(config), {k: v.float() for k, v in tensors.items()}, path, 'AutoencoderKL'
-    )
-    return vae.to(device).eval().requires_grad_(False)
+    return load(path if path is not None else 'glyph_vae', device).model.requires_grad_(False)
 
 # %% ../nbs/09_stable_diffusion.ipynb #a1dfd7da
 @torch.no_grad()
@@ -587,8 +545,7 @@ def latent_loss_fn(
         texts = [
             '' if ui < p_uncond else drop_style_words(captions[i], p_drop, generator) for ui, i in zip(u, idx.tolist())
         ]
-        gdev = generator.device if generator is not None else mu.device
-        z0 = mu + sigma * torch.randn(mu.shape, generator=generator, device=gdev).to(mu.device)  # a posterior sample
+        z0 = mu + sigma * randn(mu.shape, generator, mu.device)  # a posterior sample
         net = lambda z_t, t, context: unet(z_t, t, encoder_hidden_states=context).sample
         return ddpm_loss(net, z0, schedule, 'eps', generator, context=context(texts, mu.device))  # eq. (4)
 
@@ -598,23 +555,14 @@ def latent_loss_fn(
 def save_glyph_sd(
     unet: nn.Module,  # the trained U-Net
     text_encoder: nn.Module,  # the CLIPTextModel it was trained with
-    tokenizer_files: dict,  # the tokenizer as {'vocab': json, 'merges': json, 'model_max_length': str}
+    tokenizer,  # its CLIPTokenizer
     path,
     **info,
 ):
-    "Ship a glyph U-Net with its text encoder and tokenizer: float16 weights, configs and `info` in the metadata."
-    tensors = {
-        **{f'unet.{k}': v.half() for k, v in unet.state_dict().items()},
-        **{f'text_encoder.{k}': v.half() for k, v in text_encoder.state_dict().items()},
-    }
-    meta = dict(
-        format='diffcourse.sd-unet/1',
-        unet_config=_config_json(unet),
-        text_config=text_encoder.config.to_json_string(),
-        **{k: str(tokenizer_files[k]) for k in ('vocab', 'merges', 'model_max_length')},
-        **info,
-    )  # non-strings stored as JSON
-    return save_safetensors(tensors, path, metadata=meta)
+    "Ship a glyph U-Net with its text encoder and tokenizer: float16 weights, configs and `info` (`artifacts.save`)."
+    from diffcourse.artifacts import save
+
+    return save(path, {'unet': unet, 'text_encoder': text_encoder}, tokenizer=tokenizer, half=True, **info)
 
 # %% ../nbs/09_stable_diffusion.ipynb #79b0e6bf
 def load_glyph_sd(
@@ -623,29 +571,16 @@ def load_glyph_sd(
     device='cpu',
 ) -> SDParts:
     "The glyph Stable Diffusion: tokenizer, text encoder, U-Net, VAE and DDIM scheduler, in eval mode and frozen."
-    from diffusers import UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel
+    from diffcourse.artifacts import architecture, load
 
-    path = Path(path) if path is not None else weights_path(GLYPH_SD)
-    tensors, meta = load_safetensors(path)
-    _check_format(meta, 'diffcourse.sd-unet/1', path, 'a U-Net written by save_glyph_sd')
-    unet_cfg, text_cfg = _meta_json(meta, 'unet_config', path), _meta_json(meta, 'text_config', path)
-    _check_config(unet_cfg, _init_keys(UNet2DConditionModel), path, 'UNet2DConditionModel', len(tensors))
-    _check_config(text_cfg, _config_keys(CLIPTextConfig), path, 'CLIPTextConfig', len(tensors))
-    other = sorted(k for k in tensors if not k.startswith(('unet.', 'text_encoder.')))
-    if other:
-        raise ValueError(f"{str(path)!r}: tensors {other[:3]} belong to neither 'unet.' nor 'text_encoder.'")
-    part = lambda prefix: {k[len(prefix) :]: v.float() for k, v in tensors.items() if k.startswith(prefix)}
-    make_unet = lambda: UNet2DConditionModel.from_config(unet_cfg)
-    unet = _build_checked(make_unet, part('unet.'), path, 'UNet2DConditionModel')
-    make_text = lambda: CLIPTextModel(CLIPTextConfig.from_dict(text_cfg))
-    text_encoder = _build_checked(make_text, part('text_encoder.'), path, 'CLIPTextModel')
+    loaded = load(path if path is not None else 'glyph_sd')
+    unet, text_encoder = loaded.models.get('unet'), loaded.models.get('text_encoder')
+    if type(unet) is not architecture('diffusers.UNet2DConditionModel') or loaded.tokenizer is None:
+        raise ValueError(f"{str(path)!r} is not a glyph Stable Diffusion: it holds {sorted(loaded.models)}")
     width, attends = text_encoder.config.hidden_size, unet.config.cross_attention_dim
     if width != attends:
         raise ValueError(f"{str(path)!r}: the U-Net attends to {attends}-wide text, its text encoder gives {width}")
-    tc = text_encoder.config
-    tokenizer = _tokenizer_from_meta(meta, path, tc.vocab_size, tc.max_position_embeddings)
-    parts = SDParts(tokenizer, text_encoder, unet, load_glyph_vae(vae_path), glyph_scheduler()).to(device)
+    parts = SDParts(loaded.tokenizer, text_encoder, unet, load_glyph_vae(vae_path), glyph_scheduler()).to(device)
     for m in (parts.text_encoder, parts.unet, parts.vae):
         m.eval().requires_grad_(False)
     return parts

@@ -11,15 +11,15 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .core import check_number, register_architecture
+from .core import check_number, compare, mean_se, check_x, randint, randn, register_architecture
 from .data import load_digits, load_glyphs, GLYPH_CHARS
-from .training import train, load_pretrained, check_x
+from .training import train, load_pretrained
 
 # %% auto #0
 __all__ = ['CLASSIFIERS', 'FID_N', 'sqrtm_psd', 'frechet_distance', 'feature_stats', 'SmallCNN', 'random_shift',
            'classifier_loss', 'classifier_data', 'train_classifier', 'load_classifier', 'check_images',
-           'classifier_features', 'classifier_accuracy', 'reference_stats', 'fid', 'wasserstein_1d',
-           'sliced_wasserstein']
+           'classifier_features', 'classifier_accuracy', 'reference_stats', 'fid', 'fid_floor', 'kid_features', 'kid',
+           'wasserstein_1d', 'sliced_wasserstein']
 
 # %% ../nbs/06_metrics.ipynb #80a3d12b
 def sqrtm_psd(
@@ -122,8 +122,7 @@ def random_shift(
         raise ValueError(f"random_shift wants images (B, C, H, W), got {got}")
     check_number(max_shift, 'max_shift', 0, integer=True)
     B, C, H, W = x.shape
-    gdev = generator.device if generator is not None else x.device
-    d = torch.randint(0, 2 * max_shift + 1, (2, B), generator=generator, device=gdev).to(x.device)  # (2, B) offsets
+    d = randint(0, 2 * max_shift + 1, (2, B), generator, x.device)  # (2, B) offsets
     xp = F.pad(x, (max_shift,) * 4, value=-1.0)  # (B, C, H+2m, W+2m)
     rows = d[0][:, None] + torch.arange(H, device=x.device)  # (B, H)
     cols = d[1][:, None] + torch.arange(W, device=x.device)  # (B, W)
@@ -161,7 +160,7 @@ def _classifier_spec(name: str) -> dict:
         raise ValueError(f"Unknown classifier {name!r}; valid choices are {sorted(CLASSIFIERS)} (or pass a SmallCNN)")
     return CLASSIFIERS[name]
 
-
+# %% ../nbs/06_metrics.ipynb #dca083d7
 def classifier_data(
     name: str = 'digits',  # a key of `CLASSIFIERS`
     split: str = 'train',  # 'train', 'test' or 'all'
@@ -169,7 +168,7 @@ def classifier_data(
     "The images and labels a classifier is trained ('train') and evaluated ('test') on."
     return _classifier_spec(name)['data'](split)
 
-
+# %% ../nbs/06_metrics.ipynb #cd3b6e0f
 def train_classifier(
     name: str = 'digits',  # a key of `CLASSIFIERS`: which data to learn
     steps: int = 3000,  # optimizer steps
@@ -215,8 +214,9 @@ def load_classifier(
     device = torch.device(device or 'cpu')
     key = (name, str(device))
     if key not in _LOADED:
-        model, _ = load_pretrained(spec['weights'], device=device)
-        _LOADED[key] = model.eval().requires_grad_(False)
+        from diffcourse.artifacts import load
+
+        _LOADED[key] = load(spec['weights'], device).model.requires_grad_(False)
     return _LOADED[key]
 
 
@@ -265,7 +265,7 @@ def classifier_features(
     net = _classifier(classifier, x.device)
     return torch.cat([net.features(x[i : i + batch_size]) for i in range(0, len(x), batch_size)])
 
-
+# %% ../nbs/06_metrics.ipynb #840712ae
 @torch.no_grad()
 def classifier_accuracy(
     images: torch.Tensor,  # (N, 1, 16, 16) images in [-1, 1]
@@ -327,6 +327,67 @@ def fid(
 # %% ../nbs/06_metrics.ipynb #093e3fee
 FID_N = 500  # the number of generated images every FID in the course is computed from
 
+# %% ../nbs/06_metrics.ipynb #1025215f
+def _classifier_name(classifier) -> str:
+    "`classifier` if it names a shipped classifier, else a ValueError (a model has no data set of its own)."
+    _classifier_spec(classifier)
+    return classifier
+
+# %% ../nbs/06_metrics.ipynb #94b68872
+_TRAIN_FEATURES = {}
+
+
+def _train_features(classifier: str) -> torch.Tensor:
+    "The classifier's features of its training split (computed once per classifier), float64."
+    if classifier not in _TRAIN_FEATURES:
+        _TRAIN_FEATURES[classifier] = classifier_features(classifier_data(classifier, 'train')[0], classifier).double()
+    return _TRAIN_FEATURES[classifier]
+
+
+def fid_floor(
+    n: int = FID_N,  # images per draw, the N of the FIDs it is read against
+    classifier: str = 'digits',  # a key of `CLASSIFIERS`
+    draws: int = 20,  # independent draws, each from its own seed
+    seed: int = 0,
+) -> dict:  # mean, std (over draws), values
+    "FID of `n` real training images (drawn with replacement) against the test reference, over `draws` draws."
+    check_number(n, 'n', 2, integer=True)
+    check_number(draws, 'draws', 2, integer=True)
+    check_number(seed, 'seed', 0, integer=True)
+    feats = _train_features(_classifier_name(classifier))
+    mu, sig = reference_stats(classifier)
+    values = []
+    for k in range(draws):
+        i = torch.randint(0, len(feats), (n,), generator=torch.Generator().manual_seed(seed + k))  # with replacement
+        values.append(frechet_distance(*feature_stats(feats[i]), mu, sig))
+    return dict(mean=float(np.mean(values)), std=float(np.std(values, ddof=1)), values=values)
+
+# %% ../nbs/06_metrics.ipynb #6dba6a5f
+def kid_features(
+    x: torch.Tensor,  # (m, d) features of one set
+    y: torch.Tensor,  # (n, d) features of the other
+) -> float:  # the unbiased MMD^2 estimate
+    "KID between two feature sets: unbiased MMD^2 with the kernel (a.b / d + 1)^3 (Bińkowski et al. 2018)."
+    x = _as64(x, 'x')
+    y = _as64(y, 'y')
+    m, n, d = len(x), len(y), x.shape[1]
+    kxx = (x @ x.T / d + 1) ** 3
+    kyy = (y @ y.T / d + 1) ** 3
+    kxy = (x @ y.T / d + 1) ** 3
+    within = (kxx.sum() - kxx.diagonal().sum()) / (m * (m - 1)) + (kyy.sum() - kyy.diagonal().sum()) / (n * (n - 1))
+    return (within - 2 * kxy.mean()).item()
+
+# %% ../nbs/06_metrics.ipynb #eaa71b37
+def kid(
+    fake_images: torch.Tensor,  # (N, 1, 16, 16) generated images in [-1, 1]
+    real_images: torch.Tensor | None = None,  # (M, 1, 16, 16) reference images; None: the test split of the data
+    classifier: str = 'digits',  # 'digits' or 'glyphs' (the shipped classifiers)
+) -> float:  # the unbiased KID estimate
+    "KID of `fake_images` against `real_images` (default: the test split), in the course classifier's features."
+    if real_images is None:
+        real_images = classifier_data(_classifier_name(classifier), 'test')[0]
+    return kid_features(classifier_features(fake_images, classifier), classifier_features(real_images, classifier))
+
 # %% ../nbs/06_metrics.ipynb #22e3a345
 def wasserstein_1d(
     px: torch.Tensor,  # (P, N) P sets of 1-D samples
@@ -336,22 +397,14 @@ def wasserstein_1d(
     "Exact W_p^p between 1-D empirical distributions of any sizes: eq. (4) integrated over the merged quantile grid."
     N, M = px.shape[-1], py.shape[-1]
     xs, ys = px.sort(-1).values, py.sort(-1).values
-    levels = (
-        torch.cat(
-            [
-                torch.arange(1, N + 1, dtype=px.dtype, device=px.device) / N,
-                torch.arange(1, M + 1, dtype=px.dtype, device=px.device) / M,
-            ]
-        )
-        .sort()
-        .values
-    )  # (N+M,)
+    grid = lambda n: torch.arange(1, n + 1, dtype=px.dtype, device=px.device) / n  # the levels i / n, i = 1..n
+    levels = torch.cat([grid(N), grid(M)]).sort().values  # (N+M,)
     width = torch.diff(levels, prepend=levels.new_zeros(1))  # length of each constant piece
     mid = levels - width / 2  # a level inside each piece
     ix, iy = (mid * N).long().clamp(max=N - 1), (mid * M).long().clamp(max=M - 1)
     return ((xs[..., ix] - ys[..., iy]).abs() ** p * width).sum(-1)  # eq. (4)
 
-
+# %% ../nbs/06_metrics.ipynb #5c86f671
 def sliced_wasserstein(
     x: torch.Tensor,  # (N, D) samples
     y: torch.Tensor,  # (M, D) samples, e.g. from the true distribution
@@ -372,8 +425,7 @@ def sliced_wasserstein(
     check_number(n_proj, 'n_proj', 1, integer=True)
     check_number(p, 'p', 1)
     dtype = torch.float32 if x.device.type == 'mps' else torch.float64
-    gdev = generator.device if generator is not None else x.device
-    theta = torch.randn(n_proj, x.shape[1], generator=generator, device=gdev, dtype=dtype).to(x.device)  # (P, D)
+    theta = randn((n_proj, x.shape[1]), generator, x.device, dtype)  # (P, D)
     theta = theta / theta.norm(dim=1, keepdim=True)  # unit directions
     px, py = theta @ x.to(dtype).T, theta @ y.to(x.device, dtype).T  # (P, N), (P, M)
     return float(wasserstein_1d(px, py, p).mean() ** (1 / p))  # eq. (5)

@@ -4,52 +4,36 @@
 
 # %% ../nbs/07_samplers.ipynb #116b46f2
 from __future__ import annotations
-import inspect, json, math, numbers, time
+import inspect, math, numbers
 from functools import lru_cache
-from pathlib import Path
 
 import numpy as np
 import torch
+from fastcore.basics import patch
 from torch import nn
 from fastprogress import progress_bar
-import matplotlib.pyplot as plt
 
-from .core import append_dims, weights_path, WEIGHTS_DIR
+from .core import append_dims, pick, randn
 from diffcourse.schedules import (
     Schedule,
+    PREDICTION_ALIASES,
     abar_to_logsnr,
+    check_prediction_type,
+    skip_out,
     spaced_timesteps,
     linspace_timesteps,
     _check_schedule,
     _desc,
     _is_int,
 )
-from .data import toy_2d
-from .metrics import FID_N, fid, sliced_wasserstein
-from .training import load_pretrained
 
 # %% auto #0
-__all__ = ['X0_FROM', 'SAMPLERS', 'SIGMAS', 'TABLE_EVALS', 'TABLE_PATH', 'TABLE_SETUPS', 'Denoiser', 'euler_step',
-           'ancestral_step', 'sample_ddim', 'sample_ddpm', 'timestep_sigmas', 'karras_sigmas', 'sample_euler',
-           'sample_heun', 'sample_dpmpp_2m', 'ddim_sigmas', 'edm_sigmas', 'dpm_sigmas', 'default_sigmas', 'num_evals',
-           'steps_for_evals', 'sample', 'weights_id', 'load_denoiser', 'table_setup', 'sampler_table',
-           'load_sampler_table', 'plot_sampler_table']
+__all__ = ['SAMPLERS', 'SIGMAS', 'Denoiser', 'euler_step', 'ancestral_step', 'sample_ddim', 'sample_ddpm', 'timestep_sigmas',
+           'karras_sigmas', 'sample_euler', 'sample_heun', 'sample_dpmpp_2m', 'check_steps', 'ddim_sigmas',
+           'edm_sigmas', 'dpm_sigmas', 'default_sigmas', 'num_evals', 'steps_for_evals', 'device_of', 'dtype_of',
+           'check_denoiser', 'check_shape', 'check_noise', 'sample', 'load_denoiser']
 
 # %% ../nbs/07_samplers.ipynb #148eef3e
-def _pick(table: dict, name: str, what: str):
-    "table[name], or a ValueError naming the bad value and the valid choices."
-    if not isinstance(name, str) or name not in table:
-        raise ValueError(f"Unknown {what} {name!r}; valid choices are {list(table)}")
-    return table[name]
-
-
-X0_FROM = {  # objective -> (c_skip, c_out) at noise level sigma: x0_hat = c_skip * x + c_out * net(x_t, t)   (eq. S3)
-    'eps': lambda sigma: (1.0, -sigma),  # x0 = x - sigma eps
-    'v': lambda sigma: (1 / (1 + sigma**2), -sigma / (1 + sigma**2) ** 0.5),  # x0 = abar x - sqrt(1 - abar) v
-    'x0': lambda sigma: (0.0, 1.0),
-}
-
-
 def _check_clip(clip_x0):
     "Raise unless `clip_x0` is None or a finite number > 0."
     number = isinstance(clip_x0, numbers.Real) and not isinstance(clip_x0, bool)
@@ -82,26 +66,15 @@ class Denoiser(nn.Module):
         self,
         net: nn.Module,  # the network: net(x_t, t, **cond) with t the (fractional) timestep, shape (B,)
         schedule: Schedule,  # the `Schedule` it was trained with
-        objective: str = 'eps',  # what `net` predicts: one of X0_FROM, 'eps', 'v' or 'x0'
+        prediction_type: str = 'epsilon',  # what `net` predicts: one of PREDICTION_TYPES (or 'eps', 'x0', 'v')
         clip_x0: float | None = None,
     ):  # clamp x0_hat to [-clip_x0, clip_x0] (diffusers' `clip_sample`); None: off
         super().__init__()
-        self.skip_out = _pick(X0_FROM, objective, 'objective')
+        self.prediction_type = check_prediction_type(prediction_type)  # diffusers' name
         _check_schedule(schedule)
         _check_clip(clip_x0)
-        self.net, self.schedule, self.objective, self.clip_x0 = net, schedule, objective, clip_x0
+        self.net, self.schedule, self.clip_x0 = net, schedule, clip_x0
         self._neg_logsnr = (-abar_to_logsnr(schedule.abar.double())).numpy()  # (T,) increasing in t; built once
-
-    def timesteps(
-        self,
-        sigma,  # noise level(s) >= 0: a float or a tensor
-    ) -> np.ndarray:  # float64 fractional timesteps, of sigma's shape
-        "Lesson 02's `sigma_to_t` for this schedule, its table built once (samplers call this every step)."
-        sigma = sigma.detach().cpu().double().numpy() if torch.is_tensor(sigma) else np.float64(sigma)
-        _check_sigma_values(sigma)
-        with np.errstate(divide='ignore'):  # sigma = 0: log 0 = -inf, t = 0
-            neg_logsnr = 2 * np.log(sigma)  # -logsnr = 2 log sigma
-        return np.interp(neg_logsnr, self._neg_logsnr, np.arange(len(self._neg_logsnr)))
 
     def forward(
         self,
@@ -119,17 +92,25 @@ class Denoiser(nn.Module):
             t = torch.from_numpy(self.timesteps(sigma.expand(B))).to(x.device, torch.float32)  # (B,)
             sigma = append_dims(sigma.to(x).expand(B), x.ndim)  # (B, 1, ...)
         x_t = x / (1 + sigma**2) ** 0.5  # eq. (S2)
-        c_skip, c_out = self.skip_out(sigma)
+        c_skip, c_out = skip_out(sigma, self.prediction_type)  # lesson 02's eq. (P4)
         x0_hat = c_skip * x + c_out * self.net(x_t, t, **cond)  # eq. (S3)
         return x0_hat if self.clip_x0 is None else x0_hat.clamp(-self.clip_x0, self.clip_x0)
 
+# %% ../nbs/07_samplers.ipynb #8dd97871
+@patch
+def timesteps(
+    self: Denoiser,
+    sigma,  # noise level(s) >= 0: a float or a tensor
+) -> np.ndarray:  # float64 fractional timesteps, of sigma's shape
+    "Lesson 02's `sigma_to_t` for this schedule, its table built once (samplers call this every step)."
+    sigma = sigma.detach().cpu().double().numpy() if torch.is_tensor(sigma) else np.float64(sigma)
+    _check_sigma_values(sigma)
+    with np.errstate(divide='ignore'):  # sigma = 0: log 0 = -inf, t = 0
+        neg_logsnr = 2 * np.log(sigma)  # -logsnr = 2 log sigma
+    return np.interp(neg_logsnr, self._neg_logsnr, np.arange(len(self._neg_logsnr)))
+
+
 # %% ../nbs/07_samplers.ipynb #df8be6fa
-def _randn(shape, generator=None, device=None, dtype=torch.float32):
-    "Standard normal noise drawn on the generator's device (as diffusers' `randn_tensor` does), then moved to `device`."
-    gdev = generator.device if generator is not None else device
-    return torch.randn(shape, generator=generator, device=gdev, dtype=dtype).to(device)
-
-
 def _steps(sigmas, progress: bool):
     "The step indices 0..N-1 of a walk along N+1 noise levels, after checking them."
     if not torch.is_tensor(sigmas) or not sigmas.is_floating_point():
@@ -202,7 +183,7 @@ def sample_ddim(
         sigma_down, sigma_up = ancestral_step(sigma, sigma_next, eta) if eta else (sigma_next, 0)  # eta = 0: no noise
         x = euler_step(x, x0_hat, sigma, sigma_down)  # eq. (D1)
         if sigma_up > 0:
-            x = x + sigma_up * _randn(x.shape, generator, x.device, x.dtype)
+            x = x + sigma_up * randn(x.shape, generator, x.device, x.dtype)
         _report(callback, i, x, sigma, sigma_next, x0_hat)
     return x
 
@@ -301,20 +282,31 @@ def sample_dpmpp_2m(model, x, sigmas, *, generator=None, callback=None, progress
         _report(callback, i, x, sigma, sigma_next, x0_hat)
     return x
 
-# %% ../nbs/07_samplers.ipynb #aa71965a
-def _check_steps(steps, T: int | None = None, what: str = 'steps'):
-    "Raise unless `steps` is an integer in [1, T]."
+# %% ../nbs/07_samplers.ipynb #fcac6024
+def check_steps(
+    steps,  # what the caller passed
+    T: int | None = None,  # the network's training timesteps: at most T steps (None: no upper bound)
+    what: str = 'steps',  # the argument's name, for the message
+    divides: bool = False,  # the steps must also divide T (a grid on training timesteps, halving exact)
+) -> int:
+    "`steps` as an int if it is an integer in [1, T] (dividing T if `divides`), else a ValueError naming it."
     if not _is_int(steps) or steps < 1 or (T is not None and steps > T):
         hi = f"T={T}" if T is not None else "T"
         raise ValueError(
             f"{what} must be an integer between 1 and {hi} (the network's training timesteps), got {steps!r}"
         )
+    if divides and T % steps:
+        raise ValueError(
+            f"{what} must be a positive integer that divides T={T} (so that every grid lies on training "
+            f"timesteps and halving is exact: {[T >> k for k in range(4)]}, ..., 2, 1), got {steps!r}"
+        )
+    return int(steps)
 
-
+# %% ../nbs/07_samplers.ipynb #aa71965a
 def _check_builder(schedule, steps):
     "What every builder of default noise levels checks: a `Schedule`, and a number of steps in [1, T]."
     _check_schedule(schedule)
-    _check_steps(steps, schedule.T)
+    check_steps(steps, schedule.T)
 
 
 def ddim_sigmas(schedule, steps: int) -> torch.Tensor:
@@ -335,6 +327,7 @@ def dpm_sigmas(schedule, steps: int) -> torch.Tensor:
     return timestep_sigmas(schedule, linspace_timesteps(int(steps) + 1, schedule.T)[:-1])
 
 
+# %% ../nbs/07_samplers.ipynb #4ced2d22
 SAMPLERS = dict(ddpm=sample_ddpm, ddim=sample_ddim, euler=sample_euler, heun=sample_heun, dpmpp_2m=sample_dpmpp_2m)
 SIGMAS = dict(ddpm=ddim_sigmas, ddim=ddim_sigmas, euler=edm_sigmas, heun=edm_sigmas, dpmpp_2m=dpm_sigmas)
 
@@ -345,7 +338,7 @@ def default_sigmas(
     steps: int,  # number of sampling steps, 1..T
 ) -> torch.Tensor:  # (steps + 1,) decreasing noise levels ending in 0
     "The noise levels sampler `name` visits in `steps` steps, as the matching diffusers scheduler picks them."
-    return _pick(SIGMAS, name, 'sampler')(schedule, steps)
+    return pick(SIGMAS, name, 'sampler')(schedule, steps)
 
 # %% ../nbs/07_samplers.ipynb #7d334eea
 @lru_cache(maxsize=None)
@@ -361,23 +354,23 @@ def _count_evals(name: str, steps: int) -> int:
     SAMPLERS[name](counting, torch.zeros(1, 1), sigmas, generator=torch.Generator())
     return len(calls)
 
-
+# %% ../nbs/07_samplers.ipynb #14b87b6d
 def num_evals(
     name: str,  # one of SAMPLERS
     steps: int,  # number of sampling steps
 ) -> int:  # how many times the sampler calls the network
     "The number of network evaluations sampler `name` makes in `steps` steps, counted on a stand-in denoiser."
-    _pick(SAMPLERS, name, 'sampler')
-    _check_steps(steps)
+    pick(SAMPLERS, name, 'sampler')
+    check_steps(steps)
     return _count_evals(name, int(steps))
 
-
+# %% ../nbs/07_samplers.ipynb #9f814198
 def steps_for_evals(
     name: str,  # one of SAMPLERS
     evals: int,  # a budget of network evaluations
 ) -> int:  # the most steps that fit in the budget (at least 1)
     "The largest number of steps for which sampler `name` makes at most `evals` network evaluations."
-    _pick(SAMPLERS, name, 'sampler')
+    pick(SAMPLERS, name, 'sampler')
     if not _is_int(evals) or evals < 1:
         raise ValueError(f"evals (a budget of network evaluations) must be an integer >= 1, got {evals!r}")
     lo, hi = 1, int(evals)  # num_evals grows with steps: bisect
@@ -395,26 +388,28 @@ def _first_param(model):
     return next(iter(model.parameters()), None) if isinstance(model, nn.Module) else None
 
 
-def _device_of(model):
+def device_of(model) -> torch.device:
+    "Where the network's weights are (the CPU if it has none)."
     p = _first_param(model)
     return p.device if p is not None else torch.device('cpu')
 
 
-def _dtype_of(model):
+def dtype_of(model) -> torch.dtype:
+    "The dtype of the network's weights (float32 if it has none)."
     p = _first_param(model)
     return p.dtype if p is not None else torch.float32
 
-
-def _check_model(model):
+# %% ../nbs/07_samplers.ipynb #85d86738
+def check_denoiser(model):
     "Raise unless `model` is a denoiser that carries its schedule: a `Denoiser`, or a guidance wrapper around one."
     if not callable(model) or not isinstance(getattr(model, 'schedule', None), Schedule):
         raise TypeError(
             f"model must be a denoiser that carries its schedule, such as Denoiser(net, schedule, "
-            f"objective) or a guidance wrapper around one; got {type(model).__name__}"
+            f"prediction_type) or a guidance wrapper around one; got {type(model).__name__}"
         )
 
 
-def _check_shape(shape, what: str = 'noise') -> tuple:
+def check_shape(shape, what: str = 'noise') -> tuple:
     "`shape` as a tuple of ints >= 1 (the shape of a batch to draw), or a TypeError."
     if not isinstance(shape, (tuple, list)) or not shape or not all(_is_int(s) and s >= 1 for s in shape):
         got = repr(shape) if isinstance(shape, (tuple, list)) else _desc(shape)
@@ -424,8 +419,8 @@ def _check_shape(shape, what: str = 'noise') -> tuple:
         )
     return tuple(int(s) for s in shape)
 
-
-def _check_noise(noise, model, what: str = 'noise'):
+# %% ../nbs/07_samplers.ipynb #90963b5f
+def check_noise(noise, model, what: str = 'noise'):
     "Raise unless `noise` is a finite floating-point tensor with the dtype and device of the network's weights."
     if not torch.is_tensor(noise) or not noise.is_floating_point():
         raise TypeError(f"{what} must be a floating-point tensor of standard normal noise, got {_desc(noise)}")
@@ -460,146 +455,36 @@ def sample(
     **kwargs,  # passed to the sampler, e.g. eta for 'ddim'
 ) -> torch.Tensor:  # (B, ...) samples at sigma = 0
     "Draw samples with sampler `name` in `steps` steps, from the noise levels the matching diffusers scheduler uses."
-    fn = _pick(SAMPLERS, name, 'sampler')
-    _check_model(model)
+    fn = pick(SAMPLERS, name, 'sampler')
+    check_denoiser(model)
     _check_kwargs(fn, name, kwargs)
     if callback is not None and not callable(callback):
         raise TypeError(f"callback must be None or callable (it gets a dict after each step), got {_desc(callback)}")
     sigmas = default_sigmas(name, model.schedule, steps)
     if not torch.is_tensor(noise):
-        noise = _randn(_check_shape(noise), generator, _device_of(model), _dtype_of(model))
-    _check_noise(noise, model)
+        noise = randn(check_shape(noise), generator, device_of(model), dtype_of(model))
+    check_noise(noise, model)
     x = noise * (1 + sigmas[0] ** 2).sqrt()  # eq. (S1): x_T ~ N(0, I) in x_t space
     return fn(model, x, sigmas, generator=generator, callback=callback, progress=progress, **kwargs)
 
-# %% ../nbs/07_samplers.ipynb #4cb96ca7
-TABLE_EVALS = (1000, 250, 100, 50, 20, 10, 5)  # the budgets of network evaluations of the course's table
-TABLE_PATH = WEIGHTS_DIR / 'sampler_table.json'  # the full table, written by tools/tables/samplers.py
-
-
-def _fid_digits():
-    return lambda x: fid(x.clamp(-1, 1), classifier='digits')  # samples are images: clamp to [-1, 1]
-
-
-def _sw_toy(toy: str = 'gaussian_mixture', n_ref: int = 10_000, n_proj: int = 256, seed: int = 1):
-    ref = toy_2d(toy, n_ref, generator=torch.Generator().manual_seed(seed))  # (n_ref, 2) fresh data
-    return lambda x: sliced_wasserstein(x.cpu(), ref, n_proj, generator=torch.Generator().manual_seed(seed + 1))
-
-
-TABLE_SETUPS = {  # name -> shipped model, metric factory (lower is better), shape of one sample, samples per cell
-    'digits': dict(
-        model='digits_unet', metric=_fid_digits, shape=(1, 16, 16), n=FID_N, label='FID (digits classifier)'
-    ),
-    'toy': dict(
-        model='toy_mlp_gaussian_mixture', metric=_sw_toy, shape=(2,), n=2000, label='sliced Wasserstein to the data'
-    ),
-}
-
-
-def weights_id(model: str) -> str:
-    "The first 12 hex digits of the sha256 of shipped weights `model`: a table records which weights it measured."
-    p = weights_path(f'{model}.safetensors')
-    st = p.stat()
-    return _sha12(str(p), st.st_mtime_ns, st.st_size)  # hashed once per version of the file
-
-
-@lru_cache(maxsize=None)
-def _sha12(path: str, mtime_ns: int, size: int) -> str:
-    import hashlib
-
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:12]
-
 # %% ../nbs/07_samplers.ipynb #5e7e83b0
-_DENOISER_INFO = ('schedule', 'T', 'objective')  # what a denoiser's metadata records of its training
+_DENOISER_INFO = ('schedule', 'T', 'prediction_type')  # what a denoiser's file records of its training
 
 
 def load_denoiser(
-    name: str,  # a shipped model name (or path), saved by `save_pretrained`
+    name: str,  # a shipped model name (or a path to a file written by `artifacts.save`)
     device='cpu',
 ) -> Denoiser:
-    "A shipped network wrapped as a `Denoiser` with the schedule and objective it was trained with."
-    net, info = load_pretrained(name, device=device)
+    "A shipped network wrapped as a `Denoiser` with the schedule and prediction type it was trained with."
+    from diffcourse.artifacts import load
+
+    loaded = load(name, device)
+    info = loaded.info
     missing = [k for k in _DENOISER_INFO if k not in info]
     if missing:
-        what = info.get('arch', type(net).__name__) + (f" of {info['lesson']}" if 'lesson' in info else '')
+        what = str(info.get('arch', sorted(loaded.models))) + (f" of {info['lesson']}" if 'lesson' in info else '')
         raise ValueError(
             f"{name!r} is not a denoiser: it holds a {what}, and its metadata records no {missing} "
-            f"(a denoiser records its schedule, T and objective); load it with load_pretrained instead"
+            f"(a denoiser records its schedule, T and prediction_type); load it with artifacts.load instead"
         )
-    return Denoiser(net, Schedule.from_name(info['schedule'], T=info['T']), info['objective'])
-
-
-def table_setup(
-    name: str,  # a key of TABLE_SETUPS: 'digits' or 'toy'
-    device=None,  # where to put the network (default: cpu)
-) -> tuple:  # (Denoiser, metric)
-    "The denoiser and the metric of the comparison `name` of TABLE_SETUPS."
-    setup = _pick(TABLE_SETUPS, name, 'table')
-    return load_denoiser(setup['model'], device or 'cpu'), setup['metric']()
-
-# %% ../nbs/07_samplers.ipynb #fdc7efab
-def sampler_table(
-    model: Denoiser,  # the denoiser to sample from
-    metric,  # metric(samples) -> float, lower is better
-    shape: tuple,  # shape of the batch of samples each cell draws, e.g. (500, 1, 16, 16)
-    evals=TABLE_EVALS,  # budgets of network evaluations
-    names=None,  # samplers to compare (default: all of SAMPLERS)
-    seed: int = 0,  # every cell starts from the noise of this seed (common random numbers)
-    batch_size: int | None = None,  # sample in chunks of this size (default: all at once)
-    progress: bool = True,  # show a progress bar over the cells
-) -> list:  # one dict(sampler, budget, steps, evals, value, seconds) per cell
-    "Quality `metric` of every sampler at each budget of network evaluations, all from the same starting noise."
-    _check_model(model)
-    if not callable(metric):
-        raise TypeError(f"metric must be callable as metric(samples) -> float, got {_desc(metric)}")
-    shape = _check_shape(shape, 'shape')
-    if batch_size is not None and (not _is_int(batch_size) or batch_size < 1):
-        raise ValueError(f"batch_size must be None (all at once) or an integer >= 1, got {batch_size!r}")
-    names = list(SAMPLERS) if names is None else list(names)
-    # every name and budget checked first
-    cells = [(name, e, steps_for_evals(name, e)) for name in names for e in evals]
-    rows = []
-    for name, e, steps in progress_bar(cells) if progress else cells:
-        g = torch.Generator().manual_seed(seed)
-        noise = _randn(shape, g, _device_of(model), _dtype_of(model))
-        t0 = time.perf_counter()
-        x = torch.cat([sample(name, model, c, steps, generator=g) for c in noise.split(batch_size or len(noise))])
-        rows.append(
-            dict(
-                sampler=name,
-                budget=e,
-                steps=steps,
-                evals=num_evals(name, steps),
-                value=float(metric(x)),
-                seconds=round(time.perf_counter() - t0, 2),
-            )
-        )
-    return rows
-
-# %% ../nbs/07_samplers.ipynb #5e749681
-def load_sampler_table(
-    path=None,  # a JSON written by tools/tables/samplers.py; default: the shipped TABLE_PATH
-) -> dict:
-    "The shipped table of sampler quality against network evaluations."
-    path = Path(path) if path is not None else TABLE_PATH
-    if not path.is_file():
-        raise FileNotFoundError(f"No sampler table at {str(path)!r}; compute it with: python tools/tables/samplers.py")
-    return json.loads(path.read_text())
-
-
-def plot_sampler_table(
-    rows: list,  # rows from `sampler_table`
-    ax=None,  # axes to draw into
-    title: str | None = None,
-    ylabel: str = 'value',
-    **kwargs,
-):  # passed to ax.plot
-    "Quality against network evaluations, one line per sampler, evaluations on a log scale."
-    if ax is None:
-        _, ax = plt.subplots(figsize=(5, 3.5))
-    for name in dict.fromkeys(r['sampler'] for r in rows):
-        rs = sorted((r for r in rows if r['sampler'] == name), key=lambda r: r['evals'])
-        ax.plot([r['evals'] for r in rs], [r['value'] for r in rs], 'o-', label=name, **kwargs)
-    ax.set(xscale='log', xlabel='network evaluations', ylabel=ylabel, title=title or '')
-    ax.legend(fontsize=8)
-    return ax
+    return Denoiser(loaded.model, Schedule.from_name(info['schedule'], T=info['T']), info['prediction_type'])

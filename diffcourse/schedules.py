@@ -8,13 +8,16 @@ import math, numbers
 from dataclasses import dataclass
 
 import torch
+from fastcore.basics import patch
 from .core import append_dims
 
 # %% auto #0
-__all__ = ['SCHEDULES', 'SPACINGS', 'linear_betas', 'scaled_linear_betas', 'cosine_abar', 'cosine_betas', 'sigmoid_betas',
-           'get_betas', 'abar_to_sigma', 'sigma_to_abar', 'abar_to_logsnr', 'logsnr_to_abar', 'sigma_to_logsnr',
-           'logsnr_to_sigma', 'Schedule', 't_to_logsnr', 'logsnr_to_t', 't_to_sigma', 'sigma_to_t', 'q_sample',
-           'q_step', 'leading_timesteps', 'trailing_timesteps', 'linspace_timesteps', 'spaced_timesteps']
+__all__ = ['SCHEDULES', 'PREDICTION_TYPES', 'PREDICTION_ALIASES', 'PREDICTION_COEFFS', 'SPACINGS', 'linear_betas',
+           'scaled_linear_betas', 'cosine_abar', 'cosine_betas', 'sigmoid_betas', 'get_betas', 'abar_to_sigma',
+           'sigma_to_abar', 'abar_to_logsnr', 'logsnr_to_abar', 'sigma_to_logsnr', 'logsnr_to_sigma', 'Schedule',
+           't_to_logsnr', 'logsnr_to_t', 't_to_sigma', 'sigma_to_t', 'q_sample', 'q_step', 'check_prediction_type',
+           'prediction_target', 'x0_eps_from_prediction', 'skip_out', 'leading_timesteps', 'trailing_timesteps',
+           'linspace_timesteps', 'spaced_timesteps']
 
 # %% ../nbs/02_schedules.ipynb #e97e6235
 def linear_betas(
@@ -25,7 +28,7 @@ def linear_betas(
     "DDPM's linear schedule (Ho et al. 2020, §4): betas evenly spaced from `beta_start` to `beta_end`."
     return torch.linspace(beta_start, beta_end, T, dtype=torch.float64)
 
-
+# %% ../nbs/02_schedules.ipynb #436016fa
 def scaled_linear_betas(
     T: int,  # number of diffusion steps
     beta_start: float = 0.00085,  # beta of the first step (Stable Diffusion: 0.00085)
@@ -34,7 +37,7 @@ def scaled_linear_betas(
     "Stable Diffusion's schedule: sqrt(beta) evenly spaced from sqrt(`beta_start`) to sqrt(`beta_end`)."
     return torch.linspace(beta_start**0.5, beta_end**0.5, T, dtype=torch.float64) ** 2
 
-
+# %% ../nbs/02_schedules.ipynb #1273e556
 def cosine_abar(
     u: torch.Tensor,  # continuous time in [0, 1]
     s: float = 0.008,  # small offset so that beta is not tiny near u = 0
@@ -42,7 +45,7 @@ def cosine_abar(
     "The cosine schedule's f(u) (Nichol & Dhariwal 2021, eq. 17); abar_t = f(t/T) / f(0)."
     return torch.cos((u + s) / (1 + s) * math.pi / 2) ** 2
 
-
+# %% ../nbs/02_schedules.ipynb #acb10e65
 def cosine_betas(
     T: int,  # number of diffusion steps
     s: float = 0.008,  # offset of eq. (17)
@@ -52,7 +55,7 @@ def cosine_betas(
     f = cosine_abar(torch.arange(T + 1, dtype=torch.float64) / T, s)  # f(t/T) for t = 0..T
     return (1 - f[1:] / f[:-1]).clamp(max=max_beta)  # beta_t = 1 - abar_t / abar_{t-1}
 
-
+# %% ../nbs/02_schedules.ipynb #aaec2158
 def sigmoid_betas(
     T: int,  # number of diffusion steps
     beta_start: float = 1e-4,  # smallest beta
@@ -63,7 +66,7 @@ def sigmoid_betas(
     "GeoDiff's sigmoid schedule (Xu et al. 2022), as diffusers' `beta_schedule='sigmoid'`."
     return torch.sigmoid(torch.linspace(lo, hi, T, dtype=torch.float64)) * (beta_end - beta_start) + beta_start
 
-
+# %% ../nbs/02_schedules.ipynb #51474d99
 SCHEDULES = dict(linear=linear_betas, scaled_linear=scaled_linear_betas, cosine=cosine_betas, sigmoid=sigmoid_betas)
 
 # %% ../nbs/02_schedules.ipynb #d165f17b
@@ -169,28 +172,6 @@ class Schedule:
         a = 1 - b
         return cls(b.float(), a.float(), torch.cumprod(a, 0).float())
 
-    @classmethod
-    def from_name(cls, name: str = 'linear', T: int = 1000, **kw) -> Schedule:
-        "A named schedule from `SCHEDULES`, e.g. `Schedule.from_name('cosine', T=1000)`."
-        return cls.from_betas(_betas64(name, T, **kw))
-
-    @classmethod
-    def from_abar(cls, abar) -> Schedule:
-        "A schedule from a strictly decreasing alpha-bar in (0, 1): beta_t = 1 - abar_t / abar_{t-1}."
-        abar = torch.as_tensor(abar, dtype=torch.float64).detach().cpu()
-        if abar.ndim != 1 or len(abar) == 0:
-            raise ValueError(f"abar must be a non-empty 1-D tensor (T,), got shape {tuple(abar.shape)}")
-        if not ((abar > 0) & (abar < 1)).all():
-            raise ValueError(f"abar must lie in (0, 1); got min {abar.min().item()!r}, max {abar.max().item()!r}")
-        up = (abar[1:] >= abar[:-1]).nonzero()
-        if len(up):
-            i = int(up[0]) + 1
-            raise ValueError(
-                "abar must be strictly decreasing (noise only grows); "
-                f"abar[{i}] = {abar[i].item()!r} >= abar[{i - 1}] = {abar[i - 1].item()!r}"
-            )
-        return cls.from_betas(1 - abar / torch.cat([abar.new_ones(1), abar[:-1]]))
-
     @property
     def _abar64(self):
         return torch.cumprod(1 - self.betas.double(), 0)
@@ -210,13 +191,47 @@ class Schedule:
         "(T,) log SNR_t = log(abar_t / (1 - abar_t)), float32 (computed in float64)."
         return abar_to_logsnr(self._abar64).float()
 
-    def to(self, device) -> Schedule:
-        "The same schedule with its tables on `device`."
-        return Schedule(self.betas.to(device), self.alphas.to(device), self.abar.to(device))
+# %% ../nbs/02_schedules.ipynb #3af5e3e3
+@patch
+def to(self: Schedule, device) -> Schedule:
+    "The same schedule with its tables on `device`."
+    return Schedule(self.betas.to(device), self.alphas.to(device), self.abar.to(device))
 
-    def __repr__(self):
-        beta_min, beta_max = self.betas.min().item(), self.betas.max().item()
-        return f"Schedule(T={self.T}, beta in [{beta_min:.3g}, {beta_max:.3g}], abar_T={self.abar[-1].item():.3g})"
+# %% ../nbs/02_schedules.ipynb #bdda6d22
+@patch
+def __repr__(self: Schedule) -> str:
+    "T, the range of beta and the last alpha-bar."
+    beta_min, beta_max = self.betas.min().item(), self.betas.max().item()
+    return f"Schedule(T={self.T}, beta in [{beta_min:.3g}, {beta_max:.3g}], abar_T={self.abar[-1].item():.3g})"
+
+# %% ../nbs/02_schedules.ipynb #9188f5d5
+@patch(cls_method=True)
+def from_name(cls: Schedule, name: str = 'linear', T: int = 1000, **kw) -> Schedule:
+    "A named schedule from `SCHEDULES`, e.g. `Schedule.from_name('cosine', T=1000)`."
+    return cls.from_betas(_betas64(name, T, **kw))
+
+# %% ../nbs/02_schedules.ipynb #de332acf
+def _check_abar(abar: torch.Tensor):
+    "Raise a ValueError unless `abar` is a non-empty 1-D tensor in (0, 1), strictly decreasing."
+    if abar.ndim != 1 or len(abar) == 0:
+        raise ValueError(f"abar must be a non-empty 1-D tensor (T,), got shape {tuple(abar.shape)}")
+    if not ((abar > 0) & (abar < 1)).all():
+        raise ValueError(f"abar must lie in (0, 1); got min {abar.min().item()!r}, max {abar.max().item()!r}")
+    up = (abar[1:] >= abar[:-1]).nonzero()
+    if len(up):
+        i = int(up[0]) + 1
+        raise ValueError(
+            "abar must be strictly decreasing (noise only grows); "
+            f"abar[{i}] = {abar[i].item()!r} >= abar[{i - 1}] = {abar[i - 1].item()!r}"
+        )
+
+# %% ../nbs/02_schedules.ipynb #ebfd5d9e
+@patch(cls_method=True)
+def from_abar(cls: Schedule, abar) -> Schedule:
+    "A schedule from a strictly decreasing alpha-bar in (0, 1): beta_t = 1 - abar_t / abar_{t-1}."
+    abar = torch.as_tensor(abar, dtype=torch.float64).detach().cpu()
+    _check_abar(abar)
+    return cls.from_betas(1 - abar / torch.cat([abar.new_ones(1), abar[:-1]]))
 
 # %% ../nbs/02_schedules.ipynb #53acfe58
 def _check_schedule(schedule, what: str = 'schedule'):
@@ -285,30 +300,37 @@ def _check_data(x, name: str):
     if not torch.is_tensor(x) or not x.is_floating_point():
         raise TypeError(f"{name} must be a floating-point tensor, got {_desc(x)}")
 
-
+# %% ../nbs/02_schedules.ipynb #29f93a7a
 def _check_1d(table, name: str):
     "Raise a TypeError unless `table` is a non-empty 1-D tensor, one of the schedule's (T,) tables."
     if not torch.is_tensor(table) or table.ndim != 1 or len(table) == 0:
         raise TypeError(f"{name} must be the schedule's (T,) table `schedule.{name}`, got {_desc(table)}")
 
-
-def _as_timesteps(t, T: int, B: int, device) -> torch.Tensor:
-    "`t` as a (B,) LongTensor on `device`, checked to lie in [0, T-1]."
+# %% ../nbs/02_schedules.ipynb #7c102619
+def _as_timesteps(
+    t,  # integer timesteps: one for the batch, or (B,)
+    T: int,  # the schedule's number of steps
+    B: int,  # the batch size
+    device,  # where the result goes
+    name: str = 't',  # the argument's name, for the messages
+    lo: int = 0,  # the smallest valid value (-1: "before the first step", for t_prev)
+) -> torch.Tensor:
+    "`t` as a (B,) LongTensor on `device`, checked to lie in [lo, T-1]: the one timestep coercion of the course."
     t = torch.as_tensor(t, device=device)
     if t.is_floating_point() or t.is_complex() or t.dtype == torch.bool:
-        raise ValueError(f"timesteps t must be integers (a LongTensor), got dtype {t.dtype}")
+        raise ValueError(f"timesteps {name} must be integers (a LongTensor), got dtype {t.dtype}")
     if t.ndim == 0:
         t = t.expand(B)
     if t.shape != (B,):
-        raise ValueError(f"timesteps t must have shape ({B},) to match the batch, got {tuple(t.shape)}")
-    if len(t) and (t.min() < 0 or t.max() >= T):
+        raise ValueError(f"timesteps {name} must have shape ({B},) to match the batch, got {tuple(t.shape)}")
+    if len(t) and (t.min() < lo or t.max() >= T):
         raise ValueError(
-            f"timesteps t must lie in [0, {T - 1}] for a schedule of T={T} steps, "
+            f"timesteps {name} must lie in [{lo}, {T - 1}] for this schedule of T={T} steps, "
             f"got values in [{t.min().item()}, {t.max().item()}]"
         )
     return t.long()
 
-
+# %% ../nbs/02_schedules.ipynb #4bbf2ed3
 def q_sample(
     x0: torch.Tensor,  # (B, ...) clean data
     t: torch.Tensor,  # (B,) integer timesteps in [0, T-1] (or one int for the whole batch)
@@ -342,18 +364,107 @@ def q_step(
     b = append_dims(betas.to(device=x_prev.device, dtype=x_prev.dtype)[t], x_prev.ndim)
     return (1 - b).sqrt() * x_prev + b.sqrt() * eps  # eq. (2)
 
+# %% ../nbs/02_schedules.ipynb #6980f87d
+PREDICTION_TYPES = ('epsilon', 'sample', 'v_prediction')  # diffusers' names for eps, x0 and v
+PREDICTION_ALIASES = {'eps': 'epsilon', 'x0': 'sample', 'v': 'v_prediction'}  # the papers' short names
+
+
+def check_prediction_type(
+    prediction_type,  # one of PREDICTION_TYPES, or a short name: 'eps', 'x0', 'v'
+) -> str:
+    "The diffusers name of `prediction_type`, or a ValueError naming the value and the valid choices."
+    name = PREDICTION_ALIASES.get(prediction_type, prediction_type) if isinstance(prediction_type, str) else None
+    if name not in PREDICTION_TYPES:
+        valid = f"{list(PREDICTION_TYPES)} (or the short names {list(PREDICTION_ALIASES)})"
+        raise ValueError(f"Unknown prediction_type {prediction_type!r}; valid choices are {valid}")
+    return name
+
+# %% ../nbs/02_schedules.ipynb #988584b0
+PREDICTION_COEFFS = {  # prediction_type -> (s, r) -> (a, b): the network outputs a x0 + b eps; x_t = s x0 + r eps
+    'epsilon': lambda s, r: (0.0, 1.0),  # eps (Ho et al. 2020)
+    'sample': lambda s, r: (1.0, 0.0),  # x0
+    'v_prediction': lambda s, r: (-r, s),  # v = s eps - r x0 (Salimans & Ho 2022, sec. 4)
+}
+
+# %% ../nbs/02_schedules.ipynb #ea8d512b
+def _per_sample(a, x: torch.Tensor, what: str = 'abar_t') -> torch.Tensor:
+    "A per-sample alpha-bar `a` ((B,) tensor, 0-d tensor or float) in x's dtype and device, shaped to broadcast on x."
+    a = torch.as_tensor(a, device=x.device)
+    if not ((a > 0) & (a <= 1)).all():  # NaN fails this too
+        raise ValueError(
+            f"{what} must lie in (0, 1]: the alpha-bar of each sample's timestep (schedule.abar[t], not t), "
+            f"got values in [{a.min().item()}, {a.max().item()}]"
+        )
+    a = a.to(x.dtype)
+    if a.ndim == 0:
+        return a
+    if a.ndim != 1 or len(a) != len(x):
+        raise ValueError(
+            f"{what} must be a (B,) tensor with B={len(x)} (one value per sample) or a scalar, "
+            f"got shape {tuple(a.shape)}"
+        )
+    return append_dims(a, x.ndim)
+
+
+def _coeffs(name: str, abar_t, x: torch.Tensor):
+    "(a, b, s, r) for the checked prediction type `name`, with s = sqrt(abar_t), r = sqrt(1 - abar_t) shaped like x."
+    abar = _per_sample(abar_t, x)
+    s, r = abar.sqrt(), (1 - abar).sqrt()
+    a, b = PREDICTION_COEFFS[name](s, r)
+    return a, b, s, r
+
+# %% ../nbs/02_schedules.ipynb #d8057e8a
+def prediction_target(
+    x0: torch.Tensor,  # (B, ...) clean data
+    eps: torch.Tensor,  # (B, ...) the noise that made x_t
+    abar_t,  # (B,) alpha-bar of each sample's timestep (or one number)
+    prediction_type: str = 'epsilon',  # one of PREDICTION_TYPES (or 'eps', 'x0', 'v')
+) -> torch.Tensor:  # (B, ...) what a network of this prediction type should output
+    "The training target a x0 + b eps of `prediction_type` (eq. P2)."
+    name = check_prediction_type(prediction_type)
+    a, b, _, _ = _coeffs(name, abar_t, x0)
+    return a * x0 + b * eps  # eq. (P2)
+
+# %% ../nbs/02_schedules.ipynb #55f7b5d8
+def x0_eps_from_prediction(
+    out: torch.Tensor,  # (B, ...) the network's output at x_t
+    x_t: torch.Tensor,  # (B, ...) the network's input
+    abar_t,  # (B,) alpha-bar of each sample's timestep (or one number)
+    prediction_type: str = 'epsilon',  # one of PREDICTION_TYPES (or 'eps', 'x0', 'v')
+) -> tuple[torch.Tensor, torch.Tensor]:  # (x0_hat, eps_hat), each (B, ...)
+    "Solve x_t = s x0 + r eps, out = a x0 + b eps for (x0_hat, eps_hat) (eq. P3)."
+    name = check_prediction_type(prediction_type)
+    if out.shape != x_t.shape:
+        raise ValueError(f"out must have the shape of x_t {tuple(x_t.shape)}, got {tuple(out.shape)}")
+    a, b, s, r = _coeffs(name, abar_t, x_t)
+    det = s * b - r * a  # s, -r or s^2 + r^2 = 1
+    return (b * x_t - r * out) / det, (s * out - a * x_t) / det  # eq. (P3)
+
+# %% ../nbs/02_schedules.ipynb #b3aee998
+def skip_out(
+    sigma,  # noise level > 0: a number (float64 coefficients) or a tensor shaped to broadcast on x
+    prediction_type: str = 'epsilon',  # one of PREDICTION_TYPES (or 'eps', 'x0', 'v')
+):  # (c_skip, c_out): x0_hat = c_skip * x + c_out * out, with x = x_t / sqrt(abar)
+    "The denoiser's coefficients c_skip = b s / det, c_out = -r / det at noise level sigma (eq. P4)."
+    name = check_prediction_type(prediction_type)
+    s = 1 / (1 + sigma**2) ** 0.5  # sqrt(abar)
+    r = sigma * s  # sqrt(1 - abar)
+    a, b = PREDICTION_COEFFS[name](s, r)
+    det = s * b - r * a
+    return b * s / det, -r / det  # eq. (P4)
+
 # %% ../nbs/02_schedules.ipynb #9c576c55
 def leading_timesteps(num_steps: int, T: int, offset: int = 0) -> torch.Tensor:
     "i * (T // num_steps) + offset for i = n-1, ..., 0 (DDIM's spacing; diffusers 'leading' with `steps_offset`)."
     return torch.arange(num_steps - 1, -1, -1) * (T // num_steps) + offset
 
-
+# %% ../nbs/02_schedules.ipynb #a4119962
 def trailing_timesteps(num_steps: int, T: int) -> torch.Tensor:
     "round(T - i T / num_steps) - 1 for i = 0..n-1: starts at T - 1 (diffusers 'trailing')."
     delta = (T - T / num_steps) - T  # the step as numpy.arange rounds it: (start + step) - start
     return torch.round(T + torch.arange(num_steps, dtype=torch.float64) * delta).long() - 1
 
-
+# %% ../nbs/02_schedules.ipynb #fc3c355c
 def linspace_timesteps(num_steps: int, T: int) -> torch.Tensor:
     "num_steps points evenly spaced on [0, T - 1], rounded, descending (diffusers 'linspace')."
     t = torch.arange(num_steps, dtype=torch.float64)
@@ -363,7 +474,7 @@ def linspace_timesteps(num_steps: int, T: int) -> torch.Tensor:
         t[-1] = T - 1
     return t.round().long().flip(0)
 
-
+# %% ../nbs/02_schedules.ipynb #905fbe7e
 SPACINGS = dict(leading=leading_timesteps, trailing=trailing_timesteps, linspace=linspace_timesteps)
 
 

@@ -21,120 +21,60 @@ from diffcourse.core import (
     weights_path,
     check_number,
     check_writable,
+    pick,
+    check_x_t,
+    null_class_labels,
+    timestep_embedding,
+    randint,
+    randn,
     remove_stale_temps,
     ARCHITECTURES,
     register_architecture,
 )
-from .schedules import Schedule, q_sample
-from .elbo import v_from_x0_eps
+from .schedules import Schedule, q_sample, check_prediction_type, prediction_target
 
 # %% auto #0
-__all__ = ['OBJECTIVES', 'LR_SCHEDULES', 'CHECKPOINT_FORMAT', 'WEIGHTS_FORMAT', 'ARCHITECTURE_MODULES', 'get_objective',
-           'ddpm_loss', 'timestep_embedding', 'check_x', 'check_x_t', 'ToyMLP', 'null_class_labels', 'lr_at',
-           'ema_update', 'check_state_dict', 'save_checkpoint', 'load_checkpoint', 'TrainState', 'plot_losses', 'train',
-           'save_pretrained', 'load_pretrained']
-
-# %% ../nbs/04_ddpm.ipynb #c50dda51
-OBJECTIVES = {  # what the network is trained to output, from (x0, eps, abar_t)
-    'eps': lambda x0, eps, abar_t: eps,  # eq. (14) of Ho et al.
-    'x0': lambda x0, eps, abar_t: x0,
-    'v': lambda x0, eps, abar_t: v_from_x0_eps(x0, eps, abar_t),  # Salimans & Ho, sec. 4
-}
-
-
-def _pick(table: dict, name: str, what: str):
-    "Look `name` up in `table`, with an error that lists the valid names."
-    if name not in table:
-        raise ValueError(f"Unknown {what} {name!r}; valid choices are {sorted(table)}")
-    return table[name]
-
-
-def get_objective(name: str):
-    "The target function of objective `name`, one of `OBJECTIVES`."
-    return _pick(OBJECTIVES, name, 'objective')
+__all__ = ['LR_SCHEDULES', 'CHECKPOINT_FORMAT', 'ddpm_loss', 'ToyMLP', 'lr_at', 'ema_update', 'check_state_dict',
+           'save_checkpoint', 'load_checkpoint', 'TrainState', 'plot_losses', 'train', 'save_pretrained',
+           'load_pretrained']
 
 # %% ../nbs/04_ddpm.ipynb #8c548477
 def ddpm_loss(
     model,  # model(x_t, t, **cond) -> prediction
     x0: torch.Tensor,  # (B, ...) clean data
     schedule: Schedule,  # the noise schedule (uses `schedule.abar`, (T,))
-    objective: str = 'eps',  # what the model predicts: 'eps', 'x0' or 'v'
+    prediction_type: str = 'epsilon',  # what the model predicts: one of PREDICTION_TYPES (or 'eps', 'x0', 'v')
     generator: torch.Generator | None = None,  # randomness for t and eps (None: torch's global generator)
     **cond,
 ):  # conditioning passed to the model (class_labels=..., context=...)
-    "The simple DDPM loss: MSE between the model output at a random (t, x_t) and the target of `objective`."
+    "The simple DDPM loss: MSE between the model output at a random (t, x_t) and the target of `prediction_type`."
     if not torch.is_tensor(x0) or not x0.is_floating_point() or x0.ndim < 1:
         got = f'a {x0.dtype} tensor of shape {tuple(x0.shape)}' if torch.is_tensor(x0) else type(x0).__name__
         raise TypeError(f"ddpm_loss wants x0 as a floating-point tensor (B, ...) of clean data, got {got}")
-    target_fn = get_objective(objective)
+    prediction_type = check_prediction_type(prediction_type)
     abar = schedule.abar.to(x0.device)
-    gdev = generator.device if generator is not None else x0.device
-    t = torch.randint(0, len(abar), (x0.shape[0],), generator=generator, device=gdev).to(x0.device)  # (B,)
-    eps = torch.randn(x0.shape, generator=generator, device=gdev, dtype=x0.dtype).to(x0.device)  # (B, ...)
+    t = randint(0, len(abar), (x0.shape[0],), generator, x0.device)  # (B,)
+    eps = randn(x0.shape, generator, x0.device, x0.dtype)  # (B, ...)
     x_t = q_sample(x0, t, eps, abar)  # eq. (4)
-    return F.mse_loss(model(x_t, t, **cond), target_fn(x0, eps, abar[t]))  # eq. (14)
-
-# %% ../nbs/04_ddpm.ipynb #095a57a7
-def timestep_embedding(
-    t: torch.Tensor,  # (B,) times (integer steps or floats)
-    dim: int,  # embedding size
-    max_period: float = 10000.0,
-):  # longest wavelength
-    "Sinusoidal embedding [cos | sin] of times `t`: (B,) -> (B, dim)."
-    half = dim // 2
-    freqs = torch.exp(
-        -math.log(max_period) * torch.arange(half, device=t.device, dtype=torch.float32) / half
-    )  # (half,)
-    args = t.float()[:, None] * freqs[None]  # (B, half)
-    emb = torch.cat([args.cos(), args.sin()], dim=-1)  # (B, 2*half)
-    return F.pad(emb, (0, dim % 2))  # (B, dim)
-
-# %% ../nbs/04_ddpm.ipynb #3c277e07
-def _autocast_on(device_type: str) -> bool:
-    "Whether autocast is on for `device_type` (then an x of another float dtype than the weights is fine)."
-    try:
-        return torch.is_autocast_enabled(device_type)
-    except TypeError:  # torch < 2.4 takes no argument
-        return torch.is_autocast_enabled() if device_type == 'cuda' else torch.is_autocast_cpu_enabled()
-
-
-def check_x(
-    x,  # what the network got as x: (B, ...)
-    weight: torch.Tensor,  # one of the network's parameters: x must have its dtype and device
-    what: str,
-):  # the network's name, for the messages
-    "Check the input `x` of a network's `forward`: a floating-point tensor (B, ...) of the weights' dtype and device."
-    if not torch.is_tensor(x) or not x.is_floating_point() or x.ndim < 2:
-        got = f'a {x.dtype} tensor of shape {tuple(x.shape)}' if torch.is_tensor(x) else type(x).__name__
-        raise TypeError(f"{what} wants x as a floating-point tensor (B, ...), got {got}")
-    if x.dtype != weight.dtype and not _autocast_on(x.device.type):
-        raise TypeError(
-            f"{what} wants x of dtype {weight.dtype} (that of its weights), got {x.dtype}; "
-            f"convert it with x.to({weight.dtype})"
-        )
-    if x.device != weight.device:
-        raise ValueError(f"{what} has its weights on {weight.device} but x is on {x.device}; move one of them")
-
-
-def check_x_t(
-    x,  # what the network got as x: (B, ...)
-    t,  # what it got as t: one time for the batch, or (B,)
-    weight: torch.Tensor,  # one of the network's parameters: x must have its dtype and device
-    what: str,
-):  # the network's name, for the messages
-    "Check the inputs of a network's `forward(x, t)`: `check_x`, and t one time for the batch or one per sample."
-    check_x(x, weight, what)
-    try:
-        tt = torch.as_tensor(t)
-    except (TypeError, ValueError, RuntimeError):
-        raise TypeError(f"{what} wants t as a number or a tensor, got {type(t).__name__}") from None
-    if tuple(tt.shape) not in ((), (1,), (len(x),)) or tt.dtype == torch.bool or tt.is_complex():
-        raise ValueError(
-            f"{what} wants t as one time for the batch or a (B,) tensor of times with B = {len(x)}, "
-            f"got a {tt.dtype} of shape {tuple(tt.shape)}"
-        )
+    target = prediction_target(x0, eps, abar[t], prediction_type)  # lesson 02's eq. (P2)
+    return F.mse_loss(model(x_t, t, **cond), target)  # eq. (14)
 
 # %% ../nbs/04_ddpm.ipynb #a79e7283
+def _toy_config(dim: int, hidden: int, depth: int, temb_dim: int, num_classes: int | None) -> dict:
+    "ToyMLP's arguments checked, as the config it records."
+    for name, v, lo in (('dim', dim, 1), ('hidden', hidden, 1), ('depth', depth, 0), ('temb_dim', temb_dim, 2)):
+        check_number(v, f'ToyMLP: {name}', lo, integer=True)
+    if num_classes is not None:
+        check_number(num_classes, 'ToyMLP: num_classes', 1, integer=True)
+    return dict(dim=dim, hidden=hidden, depth=depth, temb_dim=temb_dim, num_classes=num_classes)
+
+# %% ../nbs/04_ddpm.ipynb #22c9bc36
+def _res_block(hidden: int) -> nn.Sequential:
+    "One residual branch of ToyMLP: LayerNorm, SiLU, Linear, SiLU, Linear (the skip is added in `forward`)."
+    norm_act = (nn.LayerNorm(hidden), nn.SiLU())
+    return nn.Sequential(*norm_act, nn.Linear(hidden, hidden), nn.SiLU(), nn.Linear(hidden, hidden))
+
+# %% ../nbs/04_ddpm.ipynb #c13a6fb4
 @register_architecture
 class ToyMLP(nn.Module):
     "A residual MLP for flat data: `forward(x, t) -> x`-shaped prediction; x is (B, dim) or (B, ...) with dim features."
@@ -145,24 +85,15 @@ class ToyMLP(nn.Module):
         hidden: int = 128,  # width
         depth: int = 3,  # residual blocks
         temb_dim: int = 32,  # size of the sinusoidal time embedding
-        num_classes: int | None = None,
-    ):  # if set, `class_labels` condition it (index `num_classes` = no class)
+        num_classes: int | None = None,  # if set, `class_labels` condition it (index `num_classes` = no class)
+    ):
         super().__init__()
-        for name, v, lo in (('dim', dim, 1), ('hidden', hidden, 1), ('depth', depth, 0), ('temb_dim', temb_dim, 2)):
-            check_number(v, f'ToyMLP: {name}', lo, integer=True)
-        if num_classes is not None:
-            check_number(num_classes, 'ToyMLP: num_classes', 1, integer=True)
-        self.config = dict(dim=dim, hidden=hidden, depth=depth, temb_dim=temb_dim, num_classes=num_classes)
+        self.config = _toy_config(dim, hidden, depth, temb_dim, num_classes)
         self.dim, self.temb_dim, self.num_classes = dim, temb_dim, num_classes
         self.inp = nn.Linear(dim, hidden)
         self.temb = nn.Sequential(nn.Linear(temb_dim, hidden), nn.SiLU(), nn.Linear(hidden, hidden))
         self.cemb = nn.Embedding(num_classes + 1, hidden) if num_classes else None
-        self.blocks = nn.ModuleList(
-            nn.Sequential(
-                nn.LayerNorm(hidden), nn.SiLU(), nn.Linear(hidden, hidden), nn.SiLU(), nn.Linear(hidden, hidden)
-            )
-            for _ in range(depth)
-        )
+        self.blocks = nn.ModuleList(_res_block(hidden) for _ in range(depth))
         self.out = nn.Sequential(nn.LayerNorm(hidden), nn.SiLU(), nn.Linear(hidden, dim))
 
     def forward(self, x, t, class_labels=None):
@@ -184,32 +115,6 @@ class ToyMLP(nn.Module):
             h = h + blk(h)
         return self.out(h).view_as(x)
 
-# %% ../nbs/04_ddpm.ipynb #03820e98
-def null_class_labels(
-    class_labels,  # (B,) int labels, one for the whole batch, or None for "no class"
-    B: int,  # the batch size
-    num_classes: int,  # the labels are 0..num_classes-1; `num_classes` itself is the null class
-    device,
-):  # where the labels go
-    "Labels for a class embedding with a null class: None -> all `num_classes` (the unconditional index)."
-    if class_labels is None:
-        return torch.full((B,), num_classes, dtype=torch.long, device=device)
-    class_labels = torch.as_tensor(class_labels, device=device)
-    if class_labels.is_floating_point() or class_labels.is_complex() or class_labels.dtype == torch.bool:
-        raise TypeError(f"class_labels must be integers, got {class_labels.dtype}")
-    if tuple(class_labels.shape) not in ((), (1,), (B,)):
-        raise ValueError(
-            f"class_labels must be one label for the batch or one per sample, (B,) with B = {B}, "
-            f"got shape {tuple(class_labels.shape)}"
-        )
-    class_labels = class_labels.long().expand(B)
-    if class_labels.min() < 0 or class_labels.max() > num_classes:
-        raise ValueError(
-            f"class_labels must lie in [0, {num_classes}] ({num_classes} = no class), got values "
-            f"from {class_labels.min().item()} to {class_labels.max().item()}"
-        )
-    return class_labels
-
 # %% ../nbs/04_ddpm.ipynb #fc046211
 LR_SCHEDULES = {  # multiplier of the base learning rate after s of n post-warm-up steps
     'constant': lambda s, n: 1.0,
@@ -226,7 +131,7 @@ def lr_at(
     warmup: int = 0,
 ):  # steps of linear warm-up from ~0 to `lr`
     "The learning rate at `step`: linear warm-up, then `schedule` decays it over the remaining steps."
-    decay = _pick(LR_SCHEDULES, schedule, 'lr schedule')
+    decay = pick(LR_SCHEDULES, schedule, 'lr schedule')
     if step < warmup:
         return lr * (step + 1) / warmup
     return lr * decay(step - warmup, steps - warmup)
@@ -291,7 +196,7 @@ CHECKPOINT_FORMAT = 'diffcourse.checkpoint/1'
 def _opt_name(opt):
     return type(getattr(opt, 'optimizer', opt)).__name__  # see through Accelerate's wrapper
 
-
+# %% ../nbs/04_ddpm.ipynb #6b74dd3e
 def save_checkpoint(
     path,  # the .safetensors file to write (atomically: the old one survives a failed save)
     model: nn.Module,  # the (unwrapped) model
@@ -447,7 +352,7 @@ class TrainState:
     def plot(self, **kwargs):
         return plot_losses(self.losses, **kwargs)
 
-
+# %% ../nbs/04_ddpm.ipynb #b31051e0
 def plot_losses(
     losses: list,  # loss per step
     ax=None,  # axes to draw into
@@ -515,24 +420,8 @@ def _held_generators(fn) -> list:
     return [v for v in held if isinstance(v, torch.Generator)]
 
 # %% ../nbs/04_ddpm.ipynb #79c0a3fd
-def _check_train_args(
-    model,
-    loss_fn,
-    dl,
-    steps,
-    lr,
-    lr_schedule,
-    warmup,
-    weight_decay,
-    clip,
-    ema_decay,
-    ckpt,
-    ckpt_every,
-    seed,
-    generator,
-    callback,
-):
-    "Check the arguments of `train` before anything runs: each error names the argument, its value and what is valid."
+def _check_train_objects(model, loss_fn, dl, callback, generator, ckpt):
+    "Check what `train` gets besides numbers: each error names the argument, what it got and what is valid."
     if not isinstance(model, nn.Module):
         raise TypeError(f"train wants model as an nn.Module, got {type(model).__name__}")
     if not callable(loss_fn) or (callback is not None and not callable(callback)):
@@ -543,17 +432,6 @@ def _check_train_args(
         raise TypeError(
             f"train wants dl as a DataLoader or a list of batches (re-iterable, with a length), got {type(dl).__name__}"
         )
-    check_number(steps, 'steps', 1, integer=True)
-    check_number(lr, 'lr', 0, lo_open=True)
-    _pick(LR_SCHEDULES, lr_schedule, 'lr_schedule')
-    check_number(warmup, 'warmup', 0, integer=True)
-    check_number(weight_decay, 'weight_decay', 0)
-    if clip is not None:
-        check_number(clip, 'clip (None: no clipping)', 0, lo_open=True)
-    check_number(ema_decay, 'ema_decay', 0, 1, hi_open=True)
-    if ckpt_every is not None:
-        check_number(ckpt_every, 'ckpt_every', 1, integer=True)
-    check_number(seed, 'seed', 0, integer=True)
     if generator is not None and not isinstance(generator, torch.Generator):
         raise TypeError(f"train wants generator as a torch.Generator or None, got {type(generator).__name__}")
     if ckpt is not None:
@@ -564,6 +442,21 @@ def _check_train_args(
             "ckpt would draw other numbers; pass it as train(..., generator=g) and its state is saved "
             "and restored with the checkpoint"
         )
+
+# %% ../nbs/04_ddpm.ipynb #c5a7b0b2
+def _check_train_numbers(steps, lr, lr_schedule, warmup, weight_decay, clip, ema_decay, ckpt_every, seed):
+    "Check the numbers (and lr_schedule) `train` gets: each error names the argument, its value and what is valid."
+    check_number(steps, 'steps', 1, integer=True)
+    check_number(lr, 'lr', 0, lo_open=True)
+    pick(LR_SCHEDULES, lr_schedule, 'lr_schedule')
+    check_number(warmup, 'warmup', 0, integer=True)
+    check_number(weight_decay, 'weight_decay', 0)
+    if clip is not None:
+        check_number(clip, 'clip (None: no clipping)', 0, lo_open=True)
+    check_number(ema_decay, 'ema_decay', 0, 1, hi_open=True)
+    if ckpt_every is not None:
+        check_number(ckpt_every, 'ckpt_every', 1, integer=True)
+    check_number(seed, 'seed', 0, integer=True)
 
 # %% ../nbs/04_ddpm.ipynb #11815496
 def _setup(model, dl, lr, weight_decay, ema_decay, seed, optimizer, accelerator):
@@ -588,7 +481,7 @@ def _setup(model, dl, lr, weight_decay, ema_decay, seed, optimizer, accelerator)
     model.train()
     return TrainState(net, ema, optimizer, accelerator=accelerator), model, dl, is_dl
 
-
+# %% ../nbs/04_ddpm.ipynb #4a196f40
 def _resume(state: TrainState, ckpt, resume: bool, generator, seed: int):
     "Continue the run saved in `ckpt` if there is one: weights, optimizer, EMA, place in the data, RNG states."
     if ckpt is not None:
@@ -659,7 +552,7 @@ def _train_step(state: TrainState, model, loss_fn, batch, lr: float, clip, ema_d
         ema_update(state.ema, state.model, min(ema_decay, (1 + state.step) / (10 + state.step)))
     return loss_val
 
-
+# %% ../nbs/04_ddpm.ipynb #bea6911c
 def _save(state: TrainState, ckpt, generator) -> int:
     "Write the run's checkpoint from the main process (every process takes part in gathering the RNG states)."
     acc = state.accelerator
@@ -703,23 +596,8 @@ def train(
     accelerator=None,  # an `accelerate.Accelerator`; default: a new one (CPU, GPU or `accelerate launch`)
 ) -> TrainState:
     "Train `model` to minimise `loss_fn` over batches of `dl` with AdamW, LR schedule, clipping, EMA and checkpoints."
-    _check_train_args(
-        model,
-        loss_fn,
-        dl,
-        steps,
-        lr,
-        lr_schedule,
-        warmup,
-        weight_decay,
-        clip,
-        ema_decay,
-        ckpt,
-        ckpt_every,
-        seed,
-        generator,
-        callback,
-    )
+    _check_train_objects(model, loss_fn, dl, callback, generator, ckpt)
+    _check_train_numbers(steps, lr, lr_schedule, warmup, weight_decay, clip, ema_decay, ckpt_every, seed)
     state, model, dl, is_dl = _setup(model, dl, lr, weight_decay, ema_decay, seed, optimizer, accelerator)
     _resume(state, ckpt, resume, generator, seed)
     batches, saved_at = _epoch_batches(dl, state, is_dl), state.step
@@ -738,100 +616,23 @@ def train(
     return state
 
 # %% ../nbs/04_ddpm.ipynb #c0889390
-WEIGHTS_FORMAT = 'diffcourse.weights/1'
-
-
-def _check_config(
-    cls: type,  # the class to build
-    config,  # the keyword arguments to build it with
-    source: str,
-):  # where `config` came from, for the message
-    "Raise unless `config` is a dict of keyword arguments that `cls`'s constructor takes, the required ones all there."
-    if not isinstance(config, dict):
-        raise ValueError(
-            f"{source}: the config must be a dict (a JSON object) of {cls.__name__}'s arguments, got {config!r:.100}"
-        )
-    kinds = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
-    params = {n: p for n, p in inspect.signature(cls).parameters.items() if p.kind in kinds}
-    unknown = sorted(set(config) - set(params))
-    missing = sorted(n for n, p in params.items() if p.default is p.empty and n not in config)
-    if unknown or missing:
-        what = [f'unknown keys {unknown}'] * bool(unknown) + [f'missing required keys {missing}'] * bool(missing)
-        raise ValueError(f"{source}: the config does not fit {cls.__name__}({', '.join(params)}): {'; '.join(what)}")
-
-
 def save_pretrained(
-    model: nn.Module,  # a model with a `config` dict (its constructor's keyword arguments)
+    model: nn.Module,  # a registered model with a `config` dict (its constructor's keyword arguments)
     path,  # the .safetensors file to write
-    **info,
-):  # what a user needs to use it: schedule, T, objective, data, the command that made it...
-    "Ship a model's weights with the config that rebuilds it and `info`, in one safetensors file."
-    if not isinstance(getattr(model, 'config', None), dict):
-        raise ValueError(
-            f"save_pretrained needs a model with a `config` dict of its constructor arguments; {_arch(model)} has none"
-        )
-    name = _arch_name(model)
-    if name is None:
-        raise ValueError(
-            f"save_pretrained: {_arch(model)} is not a registered architecture, so load_pretrained could "
-            f"not rebuild it; decorate its class with @register_architecture"
-        )
-    _check_config(type(model), model.config, f"save_pretrained({name})")
-    meta = {**info, 'format': WEIGHTS_FORMAT, 'arch': name, 'config': model.config}  # non-strings stored as JSON
-    return save_safetensors({k: v.clone() for k, v in model.state_dict().items()}, path, metadata=meta)
+    **info,  # what a user needs to use it: schedule, T, prediction_type, data...
+):
+    "Ship a model's weights with the config that rebuilds it and `info`: lesson 00b's `artifacts.save`, for one model."
+    from diffcourse.artifacts import save
 
-# %% ../nbs/04_ddpm.ipynb #30e4288f
-# the course's modules that register architectures, imported before a name is looked up:
-ARCHITECTURE_MODULES = ('diffcourse.training', 'diffcourse.unet', 'diffcourse.metrics', 'diffcourse.guidance')
-
-
-def _registered(
-    name,  # the architecture a file names
-    source: str,
-):  # the file, for the message
-    "The class registered as `name`, after importing the course's modules that register one; else a clear error."
-    for module in ARCHITECTURE_MODULES:  # names fixed here, never read from a file
-        importlib.import_module(module)
-    if not isinstance(name, str) or name not in ARCHITECTURES:
-        raise ValueError(
-            f"{source} names the architecture {name!r}, which is not registered; loading builds only "
-            f"the registered architectures {sorted(ARCHITECTURES)}"
-        )
-    return ARCHITECTURES[name]
-
-
-def _parse(v):
-    try:
-        return json.loads(v)
-    except ValueError:
-        return v
+    return save(path, model, **info)
 
 # %% ../nbs/04_ddpm.ipynb #76df1a38
 def load_pretrained(
     name,  # a shipped name ('digits_unet'), or a path to a .safetensors file
-    device='cpu',
-):  # where to put the model
-    "Rebuild a model saved by `save_pretrained`, building only registered architectures; returns (model, info)."
-    if not isinstance(name, (str, os.PathLike)):
-        raise TypeError(f"load_pretrained wants a shipped name or a path, got {type(name).__name__}")
-    p = Path(name)
-    is_path = p.suffix == '.safetensors' and (p.is_file() or p.parent != Path('.'))
-    path = p if is_path else weights_path(f'{p.stem}.safetensors')
-    tensors, meta = load_safetensors(path)
-    src = f"weights {str(path)!r}"
-    if meta.get('format') != WEIGHTS_FORMAT:
-        raise ValueError(
-            f"{str(path)!r} is not a diffcourse weights file: expected metadata format "
-            f"{WEIGHTS_FORMAT!r}, got {meta.get('format')!r}"
-        )
-    cls, config = _registered(meta.get('arch'), src), _meta_json(meta, 'config', src)
-    _check_config(cls, config, src)
-    try:
-        with torch.device('meta'):  # names and shapes only: no memory, no values
-            skeleton = cls(**config)
-    except (TypeError, ValueError) as e:
-        raise ValueError(f"{src}: its config {config} does not build a {meta['arch']}: {e}") from e
-    check_state_dict(skeleton, tensors, src, meta['arch'])
-    model = cls(**config)
-    model.load_state_dict(tensors)
-    return model.to(device).eval(), {k: _parse(v) for k, v in meta.items() if k != 'format'}
+    device='cpu',  # where to put the model
+):
+    "Rebuild a shipped model (or one saved by `save_pretrained`) with lesson 00b's `artifacts.load`: (model, info)."
+    from diffcourse.artifacts import load
+
+    loaded = load(name, device)
+    return loaded.model, loaded.info

@@ -7,9 +7,10 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from fastcore.basics import patch
 
-from .core import append_dims, check_number, register_architecture
-from .training import timestep_embedding, null_class_labels, check_x_t
+from .core import append_dims, check_number, check_x_t, null_class_labels, register_architecture
+from .core import timestep_embedding
 
 # %% auto #0
 __all__ = ['ResBlock', 'Attention', 'UNetBlock', 'Downsample', 'Upsample', 'UNet', 'from_diffusers']
@@ -99,8 +100,8 @@ class Upsample(nn.Module):
 # %% ../nbs/05_unet.ipynb #d6133325
 def _check_unet_config(
     in_channels, out_channels, channels, attn, layers, groups, heads, dropout, num_classes, context_dim
-):
-    "The U-Net's arguments checked, with `channels` and `attn` as tuples (attn: by default the coarsest level only)."
+) -> dict:  # the U-Net's config: these arguments, checked, with `channels` and `attn` as lists
+    "The U-Net's arguments checked, as its config (attn: by default the coarsest level only)."
     sizes = dict(in_channels=in_channels, out_channels=out_channels, layers=layers, groups=groups, heads=heads)
     for name, v in sizes.items():
         check_number(v, f'UNet: {name}', 1, integer=True)
@@ -120,7 +121,18 @@ def _check_unet_config(
     bad = sorted({c for c, a in zip(channels + channels[-1:], attn + (True,)) if a and c % heads})  # + the middle
     if bad:
         raise ValueError(f"UNet: every width with attention must be a multiple of heads={heads}; {bad} are not")
-    return channels, attn
+    return dict(
+        in_channels=in_channels,
+        out_channels=out_channels,
+        channels=list(channels),
+        attn=list(attn),
+        layers=layers,
+        groups=groups,
+        heads=heads,
+        dropout=dropout,
+        num_classes=num_classes,
+        context_dim=context_dim,
+    )
 
 # %% ../nbs/05_unet.ipynb #c0877c03
 def _check_unet_input(net, x, t, class_labels, context):
@@ -153,6 +165,43 @@ def _check_unet_input(net, x, t, class_labels, context):
             f"({x.dtype}), got {got}"
         )
 
+# %% ../nbs/05_unet.ipynb #5ce49a48
+def _encoder(
+    channels: tuple,  # width of each level
+    attn: tuple,  # attention at each level
+    layers: int,  # blocks per level
+    block,  # block(c_in, c_out, attn) -> a UNetBlock
+) -> tuple:  # (the blocks and downsamplers as a ModuleList, the widths of the activations kept for the skips)
+    "The U-Net's way down: `layers` blocks per level, a `Downsample` between levels."
+    down, skips, c = nn.ModuleList(), [channels[0]], channels[0]  # conv_in's output is kept too
+    for i, (ch, a) in enumerate(zip(channels, attn)):
+        for _ in range(layers):
+            down.append(block(c, ch, a))
+            c = ch
+            skips.append(c)
+        if i < len(channels) - 1:
+            down.append(Downsample(c))
+            skips.append(c)
+    return down, skips
+
+# %% ../nbs/05_unet.ipynb #83724743
+def _decoder(
+    channels: tuple,  # width of each level
+    attn: tuple,  # attention at each level
+    layers: int,  # blocks per level on the way down (one more here)
+    block,  # block(c_in, c_out, attn) -> a UNetBlock
+    skips: list,  # widths of the encoder's kept activations, as `_encoder` returns them (emptied here)
+) -> nn.ModuleList:  # the blocks and upsamplers, coarsest level first
+    "The U-Net's way up: `layers + 1` blocks per level, each fed one skip, an `Upsample` between levels."
+    up, c = nn.ModuleList(), channels[-1]
+    for i, (ch, a) in reversed(list(enumerate(zip(channels, attn)))):
+        for _ in range(layers + 1):
+            up.append(block(c + skips.pop(), ch, a))
+            c = ch
+        if i > 0:
+            up.append(Upsample(c))
+    return up
+
 # %% ../nbs/05_unet.ipynb #dab65adf
 @register_architecture
 class UNet(nn.Module):
@@ -169,24 +218,12 @@ class UNet(nn.Module):
         heads: int = 4,  # attention heads
         dropout: float = 0.0,  # dropout inside the residual blocks
         num_classes: int | None = None,  # class conditioning: labels 0..num_classes-1, and num_classes = no class
-        context_dim: int | None = None,
-    ):  # text conditioning: width D of a (B, L, D) context sequence
+        context_dim: int | None = None,  # text conditioning: width D of a (B, L, D) context sequence
+    ):
         super().__init__()
-        channels, attn = _check_unet_config(
-            in_channels, out_channels, channels, attn, layers, groups, heads, dropout, num_classes, context_dim
-        )
-        self.config = dict(
-            in_channels=in_channels,
-            out_channels=out_channels,
-            channels=list(channels),
-            attn=list(attn),
-            layers=layers,
-            groups=groups,
-            heads=heads,
-            dropout=dropout,
-            num_classes=num_classes,
-            context_dim=context_dim,
-        )
+        args = (in_channels, out_channels, channels, attn, layers, groups, heads, dropout, num_classes, context_dim)
+        self.config = _check_unet_config(*args)
+        channels, attn = self.config['channels'], self.config['attn']
         self.in_channels, self.num_classes, self.context_dim = in_channels, num_classes, context_dim
         self.levels = len(channels)
         c0 = channels[0]
@@ -195,76 +232,65 @@ class UNet(nn.Module):
         self.cemb = nn.Embedding(num_classes + 1, emb_dim) if num_classes else None
         block = lambda ci, co, a: UNetBlock(ci, co, emb_dim, a, heads, context_dim, groups, dropout)
         self.conv_in = nn.Conv2d(in_channels, c0, 3, padding=1)
-        self.down, skips, c = nn.ModuleList(), [c0], c0
-        for i, (ch, a) in enumerate(zip(channels, attn)):
-            for _ in range(layers):
-                self.down.append(block(c, ch, a))
-                c = ch
-                skips.append(c)
-            if i < self.levels - 1:
-                self.down.append(Downsample(c))
-                skips.append(c)
+        self.down, skips = _encoder(channels, attn, layers, block)
+        c = channels[-1]
         self.mid = nn.ModuleList([block(c, c, True), block(c, c, False)])
-        self.up = nn.ModuleList()
-        for i, (ch, a) in reversed(list(enumerate(zip(channels, attn)))):
-            for _ in range(layers + 1):
-                self.up.append(block(c + skips.pop(), ch, a))
-                c = ch
-            if i > 0:
-                self.up.append(Upsample(c))
-        self.norm_out, self.conv_out = nn.GroupNorm(groups, c), nn.Conv2d(c, out_channels, 3, padding=1)
+        self.up = _decoder(channels, attn, layers, block, skips)
+        self.norm_out, self.conv_out = nn.GroupNorm(groups, c0), nn.Conv2d(c0, out_channels, 3, padding=1)
         nn.init.zeros_(self.conv_out.weight)
         nn.init.zeros_(self.conv_out.bias)  # start by predicting 0
 
-    def forward(
-        self,
-        x,  # (B, in_channels, H, W)
-        t,  # (B,) times, or one scalar for the whole batch
-        class_labels=None,  # (B,) ints in [0, num_classes]; None = the null class
-        context=None,
-    ):  # (B, L, context_dim) sequence to cross-attend to
-        _check_unet_input(self, x, t, class_labels, context)
-        B = x.shape[0]
-        t = torch.as_tensor(t, device=x.device).expand(B)  # (B,)
-        emb = self.temb(timestep_embedding(t, self.temb[0].in_features))  # (B, E)
-        if self.cemb is not None:
-            emb = emb + self.cemb(null_class_labels(class_labels, B, self.num_classes, x.device))
-        h = self.conv_in(x)
-        hs = [h]  # (B, c0, H, W)
-        for m in self.down:
-            h = m(h, emb, context)
-            hs.append(h)
-        for m in self.mid:
-            h = m(h, emb, context)
-        for m in self.up:
-            h = m(h, emb, context) if isinstance(m, Upsample) else m(torch.cat([h, hs.pop()], 1), emb, context)
-        return self.conv_out(F.silu(self.norm_out(h)))  # (B, out_channels, H, W)
+# %% ../nbs/05_unet.ipynb #2d8fd3ad
+@patch
+def forward(
+    self: UNet,
+    x,  # (B, in_channels, H, W)
+    t,  # (B,) times, or one scalar for the whole batch
+    class_labels=None,  # (B,) ints in [0, num_classes]; None = the null class
+    context=None,  # (B, L, context_dim) sequence to cross-attend to
+):
+    "The U-Net's prediction for `x` at time `t`, (B, out_channels, H, W)."
+    _check_unet_input(self, x, t, class_labels, context)
+    B = x.shape[0]
+    t = torch.as_tensor(t, device=x.device).expand(B)  # (B,)
+    emb = self.temb(timestep_embedding(t, self.temb[0].in_features))  # (B, E)
+    if self.cemb is not None:
+        emb = emb + self.cemb(null_class_labels(class_labels, B, self.num_classes, x.device))
+    h = self.conv_in(x)
+    hs = [h]  # (B, c0, H, W)
+    for m in self.down:
+        h = m(h, emb, context)
+        hs.append(h)
+    for m in self.mid:
+        h = m(h, emb, context)
+    for m in self.up:
+        h = m(h, emb, context) if isinstance(m, Upsample) else m(torch.cat([h, hs.pop()], 1), emb, context)
+    return self.conv_out(F.silu(self.norm_out(h)))  # (B, out_channels, H, W)
 
-# %% ../nbs/05_unet.ipynb #6359c864
+# %% ../nbs/05_unet.ipynb #24de89ab
 _DOWN, _UP = {'DownBlock2D': False, 'AttnDownBlock2D': True}, {'UpBlock2D': False, 'AttnUpBlock2D': True}
+_SAME_AS_OURS = dict(  # the diffusers settings under which UNet2DModel computes what our UNet does
+    time_embedding_type='positional',
+    flip_sin_to_cos=True,
+    freq_shift=0,
+    class_embed_type=None,
+    resnet_time_scale_shift='default',
+    add_attention=True,
+    center_input_sample=False,
+)
 
 
-def from_diffusers(dm) -> UNet:  # dm: a diffusers `UNet2DModel` built from the same parts
-    "Our `UNet` with the config and weights of a diffusers `UNet2DModel` (plain down/up blocks, positional time)."
-    cfg = dm.config
+def _check_diffusers_unet(cfg) -> tuple:  # cfg: a UNet2DModel's config; returns (attention flags per level, heads)
+    "The attention flags and number of heads of our `UNet` for a diffusers config, or a ValueError saying what differs."
     bad = [t for t in cfg.down_block_types if t not in _DOWN] + [t for t in cfg.up_block_types if t not in _UP]
     if bad:
         raise ValueError(f"from_diffusers supports down blocks {list(_DOWN)} and up blocks {list(_UP)}, got {bad}")
     attn = [_DOWN[t] for t in cfg.down_block_types]
     if [_UP[t] for t in cfg.up_block_types] != attn[::-1]:
         raise ValueError(f"up blocks {cfg.up_block_types} must mirror the down blocks {cfg.down_block_types}")
-    want = dict(
-        time_embedding_type='positional',
-        flip_sin_to_cos=True,
-        freq_shift=0,
-        class_embed_type=None,
-        resnet_time_scale_shift='default',
-        add_attention=True,
-        center_input_sample=False,
-    )
-    diff = {k: cfg.get(k) for k, v in want.items() if cfg.get(k, v) != v}
+    diff = {k: cfg.get(k) for k, v in _SAME_AS_OURS.items() if cfg.get(k, v) != v}
     if diff:
-        raise ValueError(f"from_diffusers needs {want}; this model has {diff}")
+        raise ValueError(f"from_diffusers needs {_SAME_AS_OURS}; this model has {diff}")
     chans = list(cfg.block_out_channels)
     heads = {c // cfg.attention_head_dim for c, a in zip(chans + [chans[-1]], attn + [True]) if a}
     if len(heads) != 1:
@@ -272,62 +298,68 @@ def from_diffusers(dm) -> UNet:  # dm: a diffusers `UNet2DModel` built from the 
             "our UNet uses one number of heads everywhere; "
             f"attention_head_dim={cfg.attention_head_dim} gives {sorted(heads)}"
         )
-    L, n = len(chans), cfg.layers_per_block
-    unet = UNet(cfg.in_channels, cfg.out_channels, chans, attn, n, cfg.norm_num_groups, heads.pop())
-    sd, new = dm.state_dict(), {}
+    return attn, heads.pop()
 
-    def copy(src, dst):
-        for p in ('weight', 'bias'):
-            if f'{src}.{p}' in sd:
-                new[f'{dst}.{p}'] = sd[f'{src}.{p}']
+# %% ../nbs/05_unet.ipynb #8886cc92
+_RES = [('norm1', 'norm1'), ('conv1', 'conv1'), ('time_emb_proj', 'emb'), ('norm2', 'norm2'), ('conv2', 'conv2')]
+_RES += [('conv_shortcut', 'skip')]  # diffusers' ResnetBlock2D -> our ResBlock
+_ATT = [(('group_norm',), 'norm'), (('to_q',), 'q'), (('to_out.0',), 'out'), (('to_k', 'to_v'), 'kv')]  # -> Attention
 
-    def res(src, dst):
-        for a, b in [
-            ('norm1', 'norm1'),
-            ('conv1', 'conv1'),
-            ('time_emb_proj', 'emb'),
-            ('norm2', 'norm2'),
-            ('conv2', 'conv2'),
-            ('conv_shortcut', 'skip'),
-        ]:
-            copy(f'{src}.{a}', f'{dst}.{b}')
 
-    def att(src, dst):
-        copy(f'{src}.group_norm', f'{dst}.norm')
-        copy(f'{src}.to_q', f'{dst}.q')
-        copy(f'{src}.to_out.0', f'{dst}.out')
-        for p in ('weight', 'bias'):
-            new[f'{dst}.kv.{p}'] = torch.cat(
-                [sd[f'{src}.to_k.{p}'], sd[f'{src}.to_v.{p}']]
-            )  # (2C, ...) keys then values
+def _block_keys(
+    src: str,  # a diffusers block, e.g. 'down_blocks.1'
+    j: int,  # which of its resnets (and attentions)
+    dst: str,  # our UNetBlock, e.g. 'down.2'
+    attn: bool,  # whether the block has attention
+) -> list:  # pairs (diffusers layers, our layer): one diffusers layer, or two (keys, values) stacked into one of ours
+    "The (diffusers, ours) layer names of one U-Net block."
+    pairs = [((f'{src}.resnets.{j}.{a}',), f'{dst}.res.{b}') for a, b in _RES]
+    if attn:
+        pairs += [(tuple(f'{src}.attentions.{j}.{x}' for x in a), f'{dst}.attn.{b}') for a, b in _ATT]
+    return pairs
 
-    copy('conv_in', 'conv_in')
-    copy('time_embedding.linear_1', 'temb.0')
-    copy('time_embedding.linear_2', 'temb.2')
+# %% ../nbs/05_unet.ipynb #4a99c2f3
+def _unet_key_map(
+    L: int,  # levels
+    n: int,  # blocks per level on the way down
+    attn: list,  # attention at each level
+) -> list:  # pairs (diffusers layers, our layer) for every layer of the U-Net
+    "How the layers of diffusers' `UNet2DModel` are named in our `UNet`."
+    pairs = [
+        (('conv_in',), 'conv_in'),
+        (('time_embedding.linear_1',), 'temb.0'),
+        (('time_embedding.linear_2',), 'temb.2'),
+    ]
     k = 0
     for i in range(L):  # encoder: level i, n blocks, then a downsampler
         for j in range(n):
-            res(f'down_blocks.{i}.resnets.{j}', f'down.{k}.res')
-            if attn[i]:
-                att(f'down_blocks.{i}.attentions.{j}', f'down.{k}.attn')
+            pairs += _block_keys(f'down_blocks.{i}', j, f'down.{k}', attn[i])
             k += 1
         if i < L - 1:
-            copy(f'down_blocks.{i}.downsamplers.0.conv', f'down.{k}.conv')
+            pairs.append(((f'down_blocks.{i}.downsamplers.0.conv',), f'down.{k}.conv'))
             k += 1
-    res('mid_block.resnets.0', 'mid.0.res')
-    att('mid_block.attentions.0', 'mid.0.attn')
-    res('mid_block.resnets.1', 'mid.1.res')
+    pairs += _block_keys('mid_block', 0, 'mid.0', True) + _block_keys('mid_block', 1, 'mid.1', False)
     k = 0
     for i in range(L):  # decoder: up_blocks[0] is the coarsest level
         for j in range(n + 1):
-            res(f'up_blocks.{i}.resnets.{j}', f'up.{k}.res')
-            if attn[L - 1 - i]:
-                att(f'up_blocks.{i}.attentions.{j}', f'up.{k}.attn')
+            pairs += _block_keys(f'up_blocks.{i}', j, f'up.{k}', attn[L - 1 - i])
             k += 1
         if i < L - 1:
-            copy(f'up_blocks.{i}.upsamplers.0.conv', f'up.{k}.conv')
+            pairs.append(((f'up_blocks.{i}.upsamplers.0.conv',), f'up.{k}.conv'))
             k += 1
-    copy('conv_norm_out', 'norm_out')
-    copy('conv_out', 'conv_out')
+    return pairs + [(('conv_norm_out',), 'norm_out'), (('conv_out',), 'conv_out')]
+
+# %% ../nbs/05_unet.ipynb #6359c864
+def from_diffusers(dm) -> UNet:  # dm: a diffusers `UNet2DModel` built from the same parts
+    "Our `UNet` with the config and weights of a diffusers `UNet2DModel` (plain down/up blocks, positional time)."
+    cfg = dm.config
+    attn, heads = _check_diffusers_unet(cfg)
+    chans, n = list(cfg.block_out_channels), cfg.layers_per_block
+    unet = UNet(cfg.in_channels, cfg.out_channels, chans, attn, n, cfg.norm_num_groups, heads)
+    sd, new = dm.state_dict(), {}
+    for srcs, dst in _unet_key_map(len(chans), n, attn):
+        for p in ('weight', 'bias'):
+            if f'{srcs[0]}.{p}' in sd:  # a skip convolution only exists where the width changes
+                new[f'{dst}.{p}'] = torch.cat([sd[f'{s}.{p}'] for s in srcs])  # keys then values: (2C, ...) for kv
     unet.load_state_dict(new)
     return unet

@@ -29,8 +29,8 @@ from diffcourse.clip import (
     GLYPH_CLIP,
     augment_glyphs,
     clip_log_prob,
-    _merges_of,
 )
+from diffcourse.artifacts import tokenizer_spec
 from diffcourse.core import weights_path, load_safetensors, save_safetensors
 from test_data import silent_server, socket_closed_port, no_network, online  # noqa: F401 (fixtures, written once)
 
@@ -333,13 +333,25 @@ def saved(tiny, tmp_path_factory):
     return path, *load_safetensors(path)
 
 
+def _json_or_text(v: str):
+    try:
+        return json.loads(v)
+    except ValueError:
+        return v  # stored as a JSON string
+
+
 def _crafted(folder, tensors, meta, **changes):
-    "A copy of a saved CLIP with some metadata changed; `config_*` keys change one key of the config."
-    config = json.loads(meta['config'])
+    """A copy of a saved CLIP with some metadata changed: `config` (JSON text, or other text) replaces its model's
+    config, `config_*` keys change one key of it, `vocab`, `merges`, `model_max_length` (JSON text) its tokenizer's."""
+    spec = json.loads(meta['models'])['']
+    config = _json_or_text(changes.pop('config')) if 'config' in changes else dict(spec['config'])
     for k in [k for k in changes if k.startswith('config_')]:
         config[k[len('config_') :]] = changes.pop(k)
+    tok = json.loads(meta['tokenizer'])
+    tok.update({k: json.loads(changes.pop(k)) for k in ('vocab', 'merges', 'model_max_length') if k in changes})
+    kept = {'models': json.dumps({'': {**spec, 'config': config}}), 'tokenizer': json.dumps(tok)}
     path = Path(folder) / 'crafted.safetensors'
-    save_safetensors(tensors, path, metadata={**meta, 'config': json.dumps(config), **changes})
+    save_safetensors(tensors, path, metadata={**meta, **kept, **changes})
     return path
 
 
@@ -348,11 +360,11 @@ def _crafted(folder, tensors, meta, **changes):
     [
         (
             dict(format='diffcourse.weights/1'),
-            "is not a CLIP saved by save_glyph_clip (metadata format 'diffcourse.weights/1'",
+            "is not a diffcourse weights file: expected metadata format 'diffcourse.artifact/1', got 'diffcourse.weig",
         ),
-        (dict(config='{not json'), "no valid JSON under 'config'"),
-        (dict(config='[1, 2]'), "the metadata's 'config' must be a JSON dict"),
-        (dict(config_auto_map={'AutoModel': 'evil.Model'}), "unknown keys ['auto_map'] in its CLIPConfig config"),
+        (dict(config='{not json'), 'the config of a CLIPModel must be a JSON object, got \'"{not json"\''),
+        (dict(config='[1, 2]'), "the config of a CLIPModel must be a JSON object, got '[1, 2]'"),
+        (dict(config_auto_map={'AutoModel': 'evil.Model'}), "unknown keys ['auto_map']"),
         (dict(config__target_='os.system'), "unknown keys ['_target_']"),
         (dict(config_model_type='bert'), "has model_type 'bert', not 'clip'"),
         (
@@ -361,11 +373,11 @@ def _crafted(folder, tensors, meta, **changes):
         ),
         (
             dict(config_text_config={'trust_remote_code': True}),
-            "unknown keys ['trust_remote_code'] in its CLIPTextConfig",
+            "does not fit CLIPTextConfig(",
         ),
-        (dict(config_vision_config='big'), 'vision_config in its CLIPConfig config is no JSON object'),
-        (dict(config_projection_dim=10**9), 'of the wrong shape or kind'),
-        (dict(config_text_config={'hidden_size': 'wide'}), 'its config does not build a CLIPModel'),
+        (dict(config_vision_config='big'), 'the config of a CLIPVisionConfig must be a JSON object'),
+        (dict(config_projection_dim=10**9), 'shape mismatches'),
+        (dict(config_text_config={'hidden_size': 'wide'}), 'does not build a transformers.CLIPModel'),
         (dict(vocab=json.dumps({'a': 0, 'b': 5})), 'its vocab must give 2 non-empty tokens the ids 0..1'),
         (dict(merges=json.dumps([['a b', 'c']])), 'its merges must be pairs of strings without spaces'),
         (dict(model_max_length='1000'), 'model_max_length 1000 must lie in [3, 16]'),
@@ -385,14 +397,14 @@ def test_crafted_clip_tensors_are_refused(saved, tmp_path):
     path, tensors, meta = saved
     name = 'text_model.embeddings.token_embedding.weight'  # (vocab, width)
     cases = [
-        ({k: v for k, v in tensors.items() if k != name}, f'1 tensors missing {[name]}'),
-        ({**tensors, 'extra.weight': torch.zeros(3)}, "1 unexpected ['extra.weight']"),
-        ({**tensors, name: tensors[name][..., :1].clone()}, f'1 of the wrong shape or kind [\'{name} '),
-        ({**tensors, name: tensors[name].long()}, '1 of the wrong shape or kind'),
+        ({k: v for k, v in tensors.items() if k != name}, f'missing keys (1): {[name]}'),
+        ({**tensors, 'extra.weight': torch.zeros(3)}, "unexpected keys (1): ['extra.weight']"),
+        ({**tensors, name: tensors[name][..., :1].clone()}, f'shape mismatches (1): [\'{name}: '),
+        ({**tensors, name: tensors[name].long()}, 'float and integer tensors swapped (1)'),
     ]
     for crafted, error in cases:
         save_file(crafted, str(tmp_path / 't.safetensors'), metadata=meta)
-        with pytest.raises(ValueError, match=r"does not hold the CLIPModel its config describes") as e:
+        with pytest.raises(ValueError, match=r"does not fit the model transformers.CLIPModel") as e:
             load_glyph_clip(tmp_path / 't.safetensors')
         assert error in str(e.value), (error, str(e.value))
 
@@ -416,9 +428,8 @@ def test_tokenizers_leave_no_temporary_folders(saved):
     assert tok2('a mono digit 7').input_ids == tok('a mono digit 7').input_ids
     with tempfile.TemporaryDirectory() as d:
         save_glyph_clip(model, tok2, Path(d) / 'again.safetensors')
-        assert json.loads(load_safetensors(Path(d) / 'again.safetensors')[1]['merges']) == [
-            list(m) for m in _merges_of(tok)
-        ]
+        kept = json.loads(load_safetensors(Path(d) / 'again.safetensors')[1]['tokenizer'])
+        assert kept['merges'] == tokenizer_spec(tok)['merges']
         tok2.save_pretrained(d)
         from transformers import AutoTokenizer
 

@@ -20,18 +20,20 @@ from diffcourse.distill import (
     student_name,
     load_denoiser,
     load_student,
-    load_distill_table,
-    table_value,
-    TABLE_ROWS,
-    DISTILL_SETUPS,
     METHODS,
     ddim_step,
+)
+from diffcourse.samplers import Denoiser, SAMPLERS
+from diffcourse.tables import (
+    load_distill_table,
+    table_value,
+    DISTILL_ROWS,
+    DISTILL_SETUPS,
     distill_table,
     stale_rows,
     row_name,
     weights_id,
 )
-from diffcourse.samplers import Denoiser, SAMPLERS
 from diffcourse.schedules import Schedule
 from diffcourse.data import get_dataloader, gaussian_mixture
 from diffcourse.core import weights_path
@@ -152,7 +154,7 @@ def test_errors(toy):
         distill_round(toy, dl, 16, 5, 1)
     with pytest.raises(ValueError, match='student_steps must be teacher_steps / 2 = 8'):
         check_halving(16, 4)
-    with pytest.raises(ValueError, match="needs a v-prediction teacher .* got objective 'eps'"):
+    with pytest.raises(ValueError, match="needs a v-prediction teacher .* got prediction_type 'epsilon'"):
         distill_round(Denoiser(toy.net, SCHED, 'eps'), dl, 8, 4, 1)
     with pytest.raises(ValueError, match="needs a v-prediction teacher"):
         distill_direct(Denoiser(toy.net, SCHED, 'x0'), torch.zeros(8, 2), torch.zeros(8, 2), 1)
@@ -166,13 +168,13 @@ def test_errors(toy):
         loss_weight(torch.ones(2), 'snr2')
     with pytest.raises(ValueError, match="Unknown weighting 'snr2'"):
         distill_round(toy, dl, 8, 4, 1, weighting='snr2')
-    with pytest.raises(ValueError, match="valid choices are \\['progressive', 'direct'\\]"):
+    with pytest.raises(ValueError, match="valid choices are \\['direct', 'progressive'\\]"):
         student_name('x', 4, 'gan')
     with pytest.raises(ValueError, match='final_steps must be teacher_steps / 2'):
         progressive_distillation(toy, dl, 8, final_steps=3)
     with pytest.raises(FileNotFoundError, match='tools/tables/distill.py'):
         load_distill_table('nowhere.json')
-    with pytest.raises(ValueError, match="Unknown table 'cifar'; valid choices are \\['toy', 'digits'\\]"):
+    with pytest.raises(ValueError, match="Unknown table 'cifar'; valid choices are \\['digits', 'toy'\\]"):
         distill_table('cifar')
 
 
@@ -190,7 +192,7 @@ def test_progressive_distillation_rounds_reduce_the_loss(toy):
     assert sorted(students) == [1, 2] and [n for n, _ in seen] == [2, 1]
     for n, losses in seen:
         assert sum(losses[-10:]) < sum(losses[:10]), (n, losses)
-    assert toy.objective == 'v' and all(s.objective == 'v' for s in students.values())
+    assert toy.prediction_type == 'v_prediction' and all(s.prediction_type == 'v_prediction' for s in students.values())
 
 
 def test_direct_distillation_loss_falls(toy):
@@ -210,8 +212,12 @@ def test_shipped_students(setup):
     prev = teacher
     for n in (32, 16, 8, 4, 2, 1):
         _, info = load_pretrained(student_name(teacher, n))
-        assert info['objective'] == 'v' and info['T'] == 1024 and info['student_steps'] == n
-        assert info['teacher'] == prev and info['teacher_steps'] == 2 * n and 'distill_students.py' in info['command']
+        assert info['prediction_type'] == 'v_prediction' and info['T'] == 1024 and info['student_steps'] == n
+        assert (
+            info['teacher'] == prev
+            and info['teacher_steps'] == 2 * n
+            and info['command'] == f'python tools/weights.py {student_name(teacher, n)}'
+        )
         prev = student_name(teacher, n)
     _, info = load_pretrained(student_name(teacher, 1, 'direct'))
     assert info['method'] == 'direct' and info['teacher'] == teacher
@@ -223,7 +229,7 @@ def test_shipped_table_is_complete():
     assert 'tools/tables/distill.py' in tab['command']
     for setup in DISTILL_SETUPS:
         rows = tab['tables'][setup]['rows']
-        assert [(r['method'], r['steps']) for r in rows] == [tuple(r) for r in TABLE_ROWS]
+        assert [(r['method'], r['steps']) for r in rows] == [tuple(r) for r in DISTILL_ROWS]
         assert all(math.isfinite(r['value']) and r['value'] >= 0 for r in rows)
         assert table_value(rows, 'progressive', 4) < table_value(rows, 'ddim', 4)
     assert stale_rows(tab) == []  # every row was computed from the weights that ship now
@@ -236,7 +242,7 @@ def test_stale_rows_are_caught(tmp_path):
     rows[0]['weights'] = '000000000000'
     del rows[-1]['weights']
     bad = dict(tables={'toy': dict(rows=rows)})
-    assert stale_rows(bad) == [('toy', *TABLE_ROWS[0]), ('toy', *TABLE_ROWS[-1])]
+    assert stale_rows(bad) == [('toy', *DISTILL_ROWS[0]), ('toy', *DISTILL_ROWS[-1])]
     assert (
         row_name('digits', 'ddim', 64) == 'digits_unet_v'
         and row_name('digits', 'progressive', 4) == 'digits_unet_v_pd4'
@@ -316,7 +322,7 @@ def _bad(toy, dl):
         (
             lambda: row_name('toy', 'euler', 4),
             ValueError,
-            "Unknown method 'euler'; valid choices are ['ddim', 'progressive', 'direct']",
+            "Unknown method 'euler'; valid choices are ['ddim', 'direct', 'progressive']",
         ),
         (
             lambda: distill_table('toy', rows=(('progressive', 3),)),
@@ -324,7 +330,7 @@ def _bad(toy, dl):
             "No shipped weights named 'toy_mlp_v_gaussian_mixture_pd3.safetensors'",
         ),
         (lambda: distill_table('toy', rows=(('ddim', 0),)), ValueError, 'rows must be (method, steps) pairs'),
-        (lambda: distill_table('toy', n=0), ValueError, 'n must be None'),
+        (lambda: distill_table('toy', n=0), ValueError, 'n must be an integer >= 1, got 0'),
         (lambda: distill_table('toy', batch_size=0), ValueError, 'batch_size must be an integer >= 1, got 0'),
         (lambda: load_denoiser('classifier_digits'), ValueError, "'classifier_digits' is not a denoiser"),
     ]

@@ -112,7 +112,7 @@ def test_conversions_are_exact_inverses():
     close(eps_from_v(x_t, v, a), eps)
     close(eps_from_score(score_from_eps(eps, a), a), eps)
     for p, out in dict(eps=eps, x0=x0, v=v).items():
-        x0h, epsh = to_x0_eps(out, x_t, a, prediction=p)
+        x0h, epsh = to_x0_eps(out, x_t, a, prediction_type=p)
         close(x0h, x0)
         close(epsh, eps)
 
@@ -249,8 +249,8 @@ def test_unknown_names_and_types():
     s = Schedule.from_name('cosine', 10)
     with pytest.raises(ValueError, match="known: \\['fixed_large', 'fixed_small'\\]"):
         reverse_variance(1, s, 'learned_range')
-    with pytest.raises(ValueError, match="known: \\['eps', 'v', 'x0'\\]"):
-        to_x0_eps(x, x, 0.5, prediction='sample')
+    with pytest.raises(ValueError, match="Unknown prediction_type 'score'; valid choices are"):
+        to_x0_eps(x, x, 0.5, prediction_type='score')
     with pytest.raises(TypeError, match='schedule must be a diffcourse.schedules.Schedule'):
         posterior_mean_var(x, x, 1, s.abar)
     with pytest.raises(ValueError, match='t_prev must satisfy'):

@@ -306,8 +306,13 @@ def _craft(tmp_path, name, config_key=None, change=None, tensors=None, **meta_ch
     or other metadata or tensors."""
     t, meta = load_safetensors(weights_path(name))
     meta = dict(meta)
-    if config_key is not None:
-        meta[config_key] = json.dumps({**json.loads(meta[config_key]), **change})
+    if config_key is not None:  # the config of one model: '' (a file of one), 'unet' or 'text_encoder'
+        models = json.loads(meta['models'])
+        models[config_key]['config'] = {**models[config_key]['config'], **change}
+        meta['models'] = json.dumps(models)
+    tok = {k: json.loads(meta_changes.pop(k)) for k in ('vocab', 'merges', 'model_max_length') if k in meta_changes}
+    if tok:
+        meta['tokenizer'] = json.dumps({**json.loads(meta['tokenizer']), **tok})
     path = tmp_path / 'crafted.safetensors'
     save_safetensors(t if tensors is None else tensors(t), path, metadata={**meta, **meta_changes})
     return path
@@ -316,22 +321,22 @@ def _craft(tmp_path, name, config_key=None, change=None, tensors=None, **meta_ch
 @pytest.mark.parametrize(
     'how, error',
     [
-        (dict(format='diffcourse.clip/1'), 'is not a VAE written by save_glyph_vae'),
-        (dict(config='not json'), "no valid JSON under 'config'"),
+        (dict(format='diffcourse.clip/1'), 'is not a diffcourse weights file'),
+        (dict(models='not json'), "its metadata 'models' must be a JSON object, got text that is not JSON"),
         (
-            dict(config_key='config', change={'_class_name': 'StableDiffusionPipeline'}),
-            "unknown keys ['_class_name'] in its AutoencoderKL",
+            dict(config_key='', change={'_class_name': 'StableDiffusionPipeline'}),
+            "unknown keys ['_class_name']",
         ),
         (
-            dict(config_key='config', change={'layers_per_block': 10**6}),
+            dict(config_key='', change={'layers_per_block': 10**6}),
             'layers_per_block = 1000000 in its AutoencoderKL config',
         ),
         (
-            dict(config_key='config', change={'latent_channels': 8}),
-            'does not hold the AutoencoderKL its config describes',
+            dict(config_key='', change={'latent_channels': 8}),
+            'does not fit the model diffusers.AutoencoderKL',
         ),
-        (dict(config_key='config', change={'block_out_channels': 'wide'}), 'its config does not build a AutoencoderKL'),
-        (dict(tensors=lambda t: {**t, 'decoder.extra': torch.zeros(2)}), "1 unexpected ['decoder.extra']"),
+        (dict(config_key='', change={'block_out_channels': 'wide'}), 'does not build a diffusers.AutoencoderKL'),
+        (dict(tensors=lambda t: {**t, 'decoder.extra': torch.zeros(2)}), "unexpected keys (1): ['decoder.extra']"),
     ],
 )
 def test_crafted_vae_files_are_refused(tmp_path, how, error):
@@ -345,20 +350,23 @@ def test_crafted_vae_files_are_refused(tmp_path, how, error):
 @pytest.mark.parametrize(
     'how, error',
     [
-        (dict(format='diffcourse.sd-vae/1'), 'is not a U-Net written by save_glyph_sd'),
+        (dict(format='diffcourse.sd-vae/1'), 'is not a diffcourse weights file'),
         (
-            dict(config_key='unet_config', change={'_class_name': 'FluxTransformer2DModel'}),
-            "unknown keys ['_class_name'] in its UNet2DConditionModel",
+            dict(config_key='unet', change={'_class_name': 'FluxTransformer2DModel'}),
+            "does not fit UNet2DConditionModel(",
         ),
-        (dict(config_key='text_config', change={'model_type': 'bert'}), "has model_type 'bert', not 'clip_text_model'"),
         (
-            dict(config_key='text_config', change={'auto_map': {'AutoModel': 'x.Y'}}),
-            "unknown keys ['auto_map'] in its CLIPTextConfig",
+            dict(config_key='text_encoder', change={'model_type': 'bert'}),
+            "has model_type 'bert', not 'clip_text_model'",
         ),
-        (dict(config_key='unet_config', change={'cross_attention_dim': 32}), 'does not hold the UNet2DConditionModel'),
+        (
+            dict(config_key='text_encoder', change={'auto_map': {'AutoModel': 'x.Y'}}),
+            "unknown keys ['auto_map']",
+        ),
+        (dict(config_key='unet', change={'cross_attention_dim': 32}), 'does not fit the model diffusers.UNet2DCondi'),
         (
             dict(tensors=lambda t: {**t, 'evil.weight': torch.zeros(1)}),
-            "tensors ['evil.weight'] belong to neither 'unet.' nor",
+            "tensors ['evil.weight'] belong to none of its models ['text_encoder', 'unet']",
         ),
         (dict(vocab='{"a": 0, "b": 0}'), 'its vocab must give 2 non-empty tokens the ids 0..1'),
         (dict(model_max_length='2'), 'model_max_length 2 must lie in [3, 16]'),

@@ -76,13 +76,15 @@ def test_shipped_classifiers_are_small_accurate_and_reproducible():
         path = weights_path(f"{CLASSIFIERS[name]['weights']}.safetensors")
         assert path.stat().st_size < 1_000_000
         _, meta = load_safetensors(path)
-        assert meta['command'] == f".venv/bin/python tools/weights/{CLASSIFIERS[name]['weights']}.py"
+        assert meta['command'] == f"python tools/weights.py {CLASSIFIERS[name]['weights']}"
         x, y = classifier_data(name, 'test')
         acc = classifier_accuracy(x, y, name)
         assert acc >= floor, (name, acc)
         # the file records round(acc, 4) of this computation (error 5e-5); float32 logits differ across CPUs by ~1e-6,
         # far below the gap between a digit's top two classes, so no prediction flips: 2e-3 (< one image in 360)
-        assert acc == pytest.approx(json.loads(meta['test_accuracy']), abs=2e-3)  # the recorded number is the real one
+        assert acc == pytest.approx(
+            json.loads(meta['info'])['test_accuracy'], abs=2e-3
+        )  # the recorded number is the real one
         m = load_classifier(name)
         assert not m.training and not any(p.requires_grad for p in m.parameters())
 

@@ -28,12 +28,11 @@ from diffcourse.samplers import (
     karras_sigmas,
     sample_dpmpp_2m,
     sample_ddim,
-    sampler_table,
-    load_sampler_table,
     timestep_sigmas,
     ancestral_step,
     load_denoiser,
 )
+from diffcourse.tables import sampler_table, load_sampler_table
 
 SCHEDULE = Schedule.from_name('linear', T=1000)
 PRED = {'eps': 'epsilon', 'v': 'v_prediction', 'x0': 'sample'}
@@ -193,7 +192,7 @@ def test_ddim_eta1_is_ddpm():
     assert torch.equal(a, b)
 
 
-def test_objectives_give_the_same_denoiser():
+def test_prediction_types_give_the_same_denoiser():
     x, sigma = torch.randn(5, 8), torch.tensor([0.05, 0.5, 2.0, 20.0, 150.0])
     d_eps, d_v = Denoiser(StandIn('eps'), SCHEDULE, 'eps'), Denoiser(StandIn('v'), SCHEDULE, 'v')
     # x0_hat = x - sigma eps_hat keeps eps_hat's float32 rounding times sigma: ~8 roundings of 6e-8 x |eps_hat| <~ 4
@@ -225,13 +224,13 @@ def test_bad_input_names_the_value_and_the_choices():
     net = Denoiser(StandIn(), SCHEDULE)
     with pytest.raises(
         ValueError,
-        match=r"Unknown sampler 'euler_a'; valid choices are \['ddpm', 'ddim', 'euler', 'heun', 'dpmpp_2m'\]",
+        match=r"Unknown sampler 'euler_a'; valid choices are \['ddim', 'ddpm', 'dpmpp_2m', 'euler', 'heun'\]",
     ):
         sample('euler_a', net, (2, 8), 10)
     for bad in (0, -3, 1001, 2.0, True):
         with pytest.raises(ValueError, match=rf"steps must be an integer between 1 and T=1000.*got {bad!r}"):
             sample('ddim', net, (2, 8), bad)
-    with pytest.raises(ValueError, match="Unknown objective 'noise'"):
+    with pytest.raises(ValueError, match="Unknown prediction_type 'noise'"):
         Denoiser(StandIn(), SCHEDULE, 'noise')
     with pytest.raises(ValueError, match="sigmas must not increase"):
         SAMPLERS['euler'](net, torch.randn(2, 8), torch.tensor([1.0, 2.0, 0.0]))
@@ -497,7 +496,7 @@ BAD = [  # (call, error, the words the message must contain)
     (
         lambda: sampler_table(Denoiser(StandIn(), SCHEDULE), len, (4, 8), batch_size=0),
         ValueError,
-        'batch_size must be None',
+        'batch_size (None: all at once) must be an integer >= 1',
     ),
     (
         lambda: sampler_table(Denoiser(StandIn(), SCHEDULE), len, (4, 8), evals=(5, -1)),

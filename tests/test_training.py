@@ -10,19 +10,17 @@ import torch.nn as nn
 from diffcourse.core import seed_everything, weights_path, load_safetensors, save_safetensors, get_device
 from diffcourse.data import get_dataloader, gaussian_mixture
 from diffcourse.elbo import to_x0_eps, posterior_mean_var
-from diffcourse.schedules import Schedule
+from diffcourse.schedules import Schedule, prediction_target
+from diffcourse.core import timestep_embedding
 from diffcourse.training import (
-    OBJECTIVES,
     ToyMLP,
     ddpm_loss,
-    get_objective,
     train,
     save_checkpoint,
     load_checkpoint,
     save_pretrained,
     load_pretrained,
     lr_at,
-    timestep_embedding,
 )
 from diffcourse.unet import UNet
 
@@ -41,23 +39,24 @@ def mean(xs):
     return sum(xs) / len(xs)
 
 
-# --- objectives and loss -------------------------------------------------------------------------------------------
+# --- prediction types and loss -------------------------------------------------------------------------------------
 @pytest.mark.parametrize('name', ['eps', 'x0', 'v'])
-def test_objective_targets_invert_to_x0_and_eps(name):
+def test_prediction_targets_invert_to_x0_and_eps(name):
     g = seed_everything(0)
     x0, eps = torch.randn(6, 1, 4, 4, generator=g), torch.randn(6, 1, 4, 4, generator=g)
     abar_t = SCHED.abar[torch.tensor([0, 10, 200, 500, 900, 999])]
     a = abar_t[:, None, None, None]
     x_t = a.sqrt() * x0 + (1 - a).sqrt() * eps
-    x0_back, eps_back = to_x0_eps(OBJECTIVES[name](x0, eps, abar_t), x_t, abar_t, name)
+    x0_back, eps_back = to_x0_eps(prediction_target(x0, eps, abar_t, name), x_t, abar_t, name)
     # float32 rounds x_t (|x_t| < 4) by ~5e-7; the inversions divide by sqrt(abar_999) = 6.4e-3 (x0 from eps) and by
     # sqrt(1 - abar_0) = 1e-2 (eps from x0), so errors reach ~1.6e-4 and ~1e-4 at worst: 2e-3 and 1e-3 allowed
     torch.testing.assert_close(x0_back, x0, atol=2e-3, rtol=0)
     torch.testing.assert_close(eps_back, eps, atol=1e-3, rtol=0)
 
 
-def test_unknown_objective_is_a_clear_error():
-    with pytest.raises(ValueError, match=r"Unknown objective 'score'; valid choices are \['eps', 'v', 'x0'\]"):
+def test_unknown_prediction_type_is_a_clear_error():
+    valid = r"\['epsilon', 'sample', 'v_prediction'\] \(or the short names \['eps', 'x0', 'v'\]\)"
+    with pytest.raises(ValueError, match=r"Unknown prediction_type 'score'; valid choices are " + valid):
         ddpm_loss(ToyMLP(), torch.randn(4, 2), SCHED, 'score')
     with pytest.raises(ValueError, match="Unknown lr schedule 'step'"):
         lr_at(0, 10, 1.0, 'step')
@@ -264,10 +263,9 @@ def test_two_cpu_processes_agree_on_the_weights(tmp_path):
 def test_shipped_weights_load_with_their_metadata(name, cls):
     model, info = load_pretrained(name)
     assert type(model) is cls and not model.training
-    assert info['schedule'] == 'linear' and info['T'] == 1000 and info['objective'] == 'eps'
-    assert info['command'].startswith('.venv/bin/python tools/weights/') and Path(
-        info['command'].split()[1]
-    ).name in os.listdir(Path(__file__).parent.parent / 'tools' / 'weights')
+    assert info['schedule'] == 'linear' and info['T'] == 1000 and info['prediction_type'] == 'epsilon'
+    assert info['command'] == f'python tools/weights.py {name}'
+    assert (Path(__file__).parent.parent / 'tools' / 'weights.py').is_file()
     assert os.path.getsize(weights_path(f'{name}.safetensors')) < 3e6
 
 
@@ -277,9 +275,10 @@ def test_load_pretrained_errors(tmp_path):
     save_checkpoint(tmp_path / 'ck.safetensors', ToyMLP())
     with pytest.raises(ValueError, match='is not a diffcourse weights file'):
         load_pretrained(tmp_path / 'ck.safetensors')
-    p = save_pretrained(ToyMLP(hidden=32), tmp_path / 'w.safetensors', objective='eps')
+    p = save_pretrained(ToyMLP(hidden=32), tmp_path / 'w.safetensors', prediction_type='epsilon')
     t, meta = load_safetensors(p)
-    meta['config'] = json.dumps({**json.loads(meta['config']), 'hidden': 64})
+    spec = json.loads(meta['models'])['']
+    meta['models'] = json.dumps({'': {**spec, 'config': {**spec['config'], 'hidden': 64}}})
     save_safetensors(t, p, meta)  # config says 64, weights are 32 wide
     with pytest.raises(ValueError, match='does not fit the model'):
         load_pretrained(p)
@@ -296,7 +295,7 @@ def test_shipped_toy_model_samples_the_mixture():
     with torch.no_grad():
         for t in range(999, -1, -1):
             tb = torch.full((1000,), t)
-            x0_hat, _ = to_x0_eps(model(x, tb), x, sched.abar[tb], info['objective'])
+            x0_hat, _ = to_x0_eps(model(x, tb), x, sched.abar[tb], info['prediction_type'])
             mu, var = posterior_mean_var(x0_hat, x, tb, sched)
             x = mu + var.sqrt() * torch.randn(x.shape, generator=g) if t > 0 else mu
     gm = gaussian_mixture()
@@ -310,7 +309,7 @@ def test_retraining_the_shipped_digits_unet_briefly_lowers_the_loss():
     dl = get_dataloader('digits', batch_size=32, generator=seed_everything(0))
     st = train(
         UNet(**info['config']),
-        lambda m, b: ddpm_loss(m, b[0], SCHED, info['objective']),
+        lambda m, b: ddpm_loss(m, b[0], SCHED, info['prediction_type']),
         dl,
         12,
         2e-3,

@@ -1,13 +1,14 @@
 "Lesson 05: the U-Net's parts, its conditioning inputs and errors, and its equality with diffusers' UNet2DModel."
 
-import math
+import json, math
 import pytest, torch
 import torch.nn as nn
 
 from diffcourse.core import seed_everything
 from diffcourse.data import get_dataloader
 from diffcourse.schedules import Schedule
-from diffcourse.training import timestep_embedding, train, ddpm_loss, save_pretrained, load_pretrained
+from diffcourse.core import timestep_embedding
+from diffcourse.training import train, ddpm_loss, save_pretrained, load_pretrained
 from diffcourse.unet import UNet, Attention, ResBlock, from_diffusers
 
 
@@ -166,9 +167,9 @@ def test_from_diffusers_rejects_what_it_cannot_map():
 
 def test_save_and_load_pretrained_round_trip(tmp_path):
     m = UNet(channels=(8, 16), attn=(False, True), num_classes=3, context_dim=4)
-    p = save_pretrained(m, tmp_path / 'u.safetensors', objective='v', T=500)
+    p = save_pretrained(m, tmp_path / 'u.safetensors', prediction_type='v_prediction', T=500)
     m2, info = load_pretrained(p)
-    assert info['objective'] == 'v' and info['T'] == 500 and info['config']['num_classes'] == 3
+    assert info['prediction_type'] == 'v_prediction' and info['T'] == 500 and info['config']['num_classes'] == 3
     x, ctx = torch.randn(2, 1, 8, 8), torch.randn(2, 3, 4)
     y = torch.tensor([0, 2])
     assert torch.equal(m(x, 3, class_labels=y, context=ctx), m2(x, 3, class_labels=y, context=ctx))  # same weights
@@ -262,4 +263,4 @@ def test_the_registry_rebuilds_a_unet_from_its_file_only(tmp_path):
     p = save_pretrained(UNet(channels=(8, 16), attn=(False, True)), tmp_path / 'u.safetensors')
     from diffcourse.core import load_safetensors
 
-    assert load_safetensors(p)[1]['arch'] == 'diffcourse.unet.UNet'
+    assert json.loads(load_safetensors(p)[1]['models'])['']['arch'] == 'diffcourse.unet.UNet'

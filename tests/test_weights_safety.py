@@ -1,4 +1,5 @@
-"Loading weights runs no code: crafted files get clear errors from load_pretrained and load_checkpoint; none writes."
+"""Loading weights runs no code: crafted files get clear errors from artifacts.load (through load_pretrained) and
+load_checkpoint; none writes."""
 
 import json, os, re, subprocess, sys
 from pathlib import Path
@@ -7,15 +8,15 @@ import pytest, torch
 import torch.nn as nn
 from safetensors.torch import save_file
 
-from diffcourse.core import ARCHITECTURES, WEIGHTS_DIR, register_architecture, weights_path, load_safetensors
+from diffcourse.artifacts import FORMAT, architecture
+from diffcourse.core import ARCHITECTURES, ARCHITECTURE_MODULES, WEIGHTS_DIR, register_architecture, weights_path
+from diffcourse.core import load_safetensors
 from diffcourse.training import (
     ToyMLP,
-    WEIGHTS_FORMAT,
     load_pretrained,
     save_pretrained,
     save_checkpoint,
     load_checkpoint,
-    ARCHITECTURE_MODULES,
 )
 
 REPO = Path(__file__).parent.parent
@@ -27,10 +28,20 @@ def listing(d: Path) -> list:
     return sorted(str(p.relative_to(d)) for p in d.rglob('*'))
 
 
-def craft(path: Path, tensors: dict = None, drop=(), **meta) -> Path:
-    "The shipped toy model's file with some metadata replaced (raw strings: not JSON-encoded for us) or dropped."
+def craft(path: Path, tensors: dict = None, drop=(), arch=KeyError, config=KeyError, **meta) -> Path:
+    """The shipped toy model's file with some metadata replaced (raw strings: not JSON-encoded for us) or dropped;
+    `arch` and `config` replace its model's (a config that is not JSON goes in as a JSON string; 'arch' in `drop`:
+    the architecture None)."""
     t, m = load_safetensors(SHIPPED)
-    m = {k: v for k, v in {**m, **meta}.items() if k not in drop}
+    spec = json.loads(m['models'])['']
+    if arch is not KeyError or 'arch' in drop:
+        spec['arch'] = None if 'arch' in drop else arch
+    if config is not KeyError:
+        try:
+            spec['config'] = json.loads(config)
+        except ValueError:
+            spec['config'] = config
+    m = {k: v for k, v in {**m, 'models': json.dumps({'': spec}), **meta}.items() if k not in drop}
     save_file(t if tensors is None else tensors, str(path), metadata=m)
     return path
 
@@ -103,11 +114,11 @@ def test_every_shipped_architecture_is_registered_in_a_fresh_interpreter():
 
 
 def test_every_shipped_weights_file_names_a_registered_architecture():
-    load_pretrained('toy_mlp_gaussian_mixture')  # imports the modules that register
     for p in sorted(WEIGHTS_DIR.glob('*.safetensors')):
         _, meta = load_safetensors(p)
-        if meta.get('format') == WEIGHTS_FORMAT:
-            assert meta['arch'] in ARCHITECTURES, (p.name, meta['arch'])
+        assert meta['format'] == FORMAT, p.name
+        for spec in json.loads(meta['models']).values():
+            assert architecture(spec['arch']) is ARCHITECTURES[spec['arch']], (p.name, spec['arch'])
 
 
 # --- the config ----------------------------------------------------------------------------------------------------
@@ -116,9 +127,9 @@ def test_every_shipped_weights_file_names_a_registered_architecture():
     [
         ('{"dim": 2, "hidden": 128, "depth": 3, "temb_dim": 32, "path": "x"}', r"unknown keys \['path'\]"),
         ('{"dim": 2, "width": 128}', r"does not fit ToyMLP\(dim, hidden, depth, temb_dim, num_classes\): unknown keys"),
-        ('not json {', r"its metadata 'config' must be a JSON object, got text that is not JSON: 'not json \{'"),
-        ('[2, 128, 3]', r"its metadata 'config' must be a JSON object, got '\[2, 128, 3\]'"),
-        ('null', r"its metadata 'config' must be a JSON object, got 'null'"),
+        ('not json {', r"the config of a ToyMLP must be a JSON object, got '\"not json \{\"'"),
+        ('[2, 128, 3]', r"the config of a ToyMLP must be a JSON object, got '\[2, 128, 3\]'"),
+        ('null', r"the config of a ToyMLP must be a JSON object, got 'null'"),
         ('"dim=2"', r"must be a JSON object"),
         (
             '{"dim": "two"}',
@@ -200,10 +211,13 @@ def test_names_and_shapes_are_compared_on_the_meta_device_before_the_real_build(
     [
         (
             dict(format='diffcourse.checkpoint/1'),
-            r"not a diffcourse weights file: expected metadata format 'diffcourse.w",
+            r"not a diffcourse weights file: expected metadata format 'diffcourse.artifact/1'",
         ),
         (dict(drop=('format',)), r"is not a diffcourse weights file: .*got None"),
-        (dict(drop=('config',)), r"has no 'config' entry in its metadata"),
+        (dict(drop=('models',)), r"has no 'models' entry in its metadata"),
+        (dict(models='not json {'), r"its metadata 'models' must be a JSON object, got text that is not JSON"),
+        (dict(models='{"": {"arch": "diffcourse.training.ToyMLP"}}'), r"its model '' must be a JSON object \{arch, co"),
+        (dict(info='[1]'), r"its metadata 'info' must be a JSON object, got '\[1\]'"),
     ],
 )
 def test_wrong_format_or_missing_metadata(watched, meta, match):

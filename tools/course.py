@@ -171,7 +171,8 @@ def run(*nbs):
     sh(
         PY, '-c', code, *nbs, env={'MPLBACKEND': 'module://matplotlib_inline.backend_inline', 'HF_HUB_OFFLINE': '1'}
     )  # nothing is downloaded
-    sh(BIN / 'nbdev_clean', '--fname', 'nbs')
+    for f in nbs:  # clean only what was run: other notebooks may be open in an editor
+        sh(BIN / 'nbdev_clean', '--fname', f)
 
 
 # ---------------------------------------------------------------- lab: JupyterLab for learners
