@@ -1,5 +1,9 @@
 """pytest hooks shared by nbval (nbs/) and the tests (tests/)."""
 
+import tempfile
+
+import pytest
+
 
 def pytest_collection_modifyitems(config, items):
     """nbdev_clean stores notebooks with execution_count = null, and nbval then fails every cell
@@ -23,8 +27,15 @@ def expect_clear_error(
     words: str,
 ):  # words the message must contain (what was wrong and what is valid)
     "Assert that `call()` raises `err` with `words` in its message, and show the message when it does not."
-    import pytest
-
     with pytest.raises(err) as e:
         call()
     assert words in str(e.value), str(e.value)
+
+
+@pytest.fixture
+def private_tempdir(tmp_path_factory, monkeypatch):
+    """Point Python's temporary folder at a fresh folder of this test's own: other workers write into the shared one
+    at the same time, so only a private folder shows what one call left behind."""
+    folder = tmp_path_factory.mktemp('tempdir')  # made before the switch, under pytest's usual base
+    monkeypatch.setattr(tempfile, 'tempdir', str(folder))
+    return folder

@@ -322,6 +322,9 @@ def test_clip_guidance_equals_its_equation(tiny):
 # ---- loading a file builds one fixed class, checked first; nothing is written, nothing else is built ----
 
 
+pytestmark = pytest.mark.usefixtures('private_tempdir')  # what a call leaves is its own
+
+
 def _glyph_temp_folders() -> set:
     return {p.name for p in Path(tempfile.gettempdir()).glob('glyph_*')}
 

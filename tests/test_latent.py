@@ -297,6 +297,9 @@ def test_load_parts_in_half_precision(parts, tmp_path):
 # ---- the shipped files' loaders build fixed classes, after checking the file; nothing is written ----
 
 
+pytestmark = pytest.mark.usefixtures('private_tempdir')  # what a call leaves is its own
+
+
 def _glyph_temp_folders() -> set:
     return {p.name for p in Path(tempfile.gettempdir()).glob('glyph_*')}
 
