@@ -23,9 +23,10 @@ from diffcourse.core import (
 
 # %% auto #0
 __all__ = ['FORMAT', 'ARTIFACTS', 'TOY_MLP', 'DIGITS_UNET', 'TOY', 'DIGITS', 'TRAIN', 'TOY_DESC', 'DIGITS_DESC', 'STUDENTS',
-           'FLOW', 'MANIFEST', 'meta_json', 'architecture', 'architecture_name', 'check_config', 'config_of',
-           'check_tensors', 'build_checked', 'tokenizer_spec', 'tokenizer_from_spec', 'command', 'save', 'Loaded',
-           'read', 'load_file', 'Artifact', 'declare', 'artifact_path', 'load', 'describe', 'sha256', 'manifest']
+           'FLOW', 'CONSISTENCY', 'MANIFEST', 'meta_json', 'architecture', 'architecture_name', 'check_config',
+           'config_of', 'check_tensors', 'build_checked', 'tokenizer_spec', 'tokenizer_from_spec', 'command', 'save',
+           'Loaded', 'read', 'load_file', 'Artifact', 'declare', 'artifact_path', 'load', 'describe', 'sha256',
+           'manifest']
 
 # %% ../nbs/00b_artifacts.ipynb #b00f9962
 FORMAT = 'diffcourse.artifact/1'  # the one format of every file the course ships
@@ -600,6 +601,28 @@ declare(
     args=dict(FLOW, pairs=20_000, ode_steps=32), data=f'{TOY_DESC}: 20000 (noise, sample) pairs of its teacher',
     arch=_MLP, config=TOY_MLP, needs=('toy_mlp_flow_gaussian_mixture',),
 )  # fmt: skip
+
+# %% ../nbs/00b_artifacts.ipynb #c549b0d0
+CONSISTENCY = {  # teacher -> lesson 10b's runs on its data: consistency distillation from it, training from scratch
+    'toy_mlp_v_gaussian_mixture': dict(
+        **TOY, batch_size=512, warmup=50,
+        cd=dict(steps=1500, lr=3e-4, grid=64, mu=0.95), ct=dict(steps=3000, lr=1e-3, grid=[16, 128], ema_decay=0.999),
+    ),
+    'digits_unet_v': dict(
+        **DIGITS, batch_size=32, warmup=100, half=True,
+        cd=dict(steps=3000, lr=3e-4, grid=64, mu=0.95), ct=dict(steps=3000, lr=2e-3, grid=[16, 128], ema_decay=0.999),
+    ),
+}  # fmt: skip
+for _teacher, _c in CONSISTENCY.items():
+    _t = ARTIFACTS[_teacher]
+    _same = dict(lesson='10b_consistency', arch=_t.arch, config=_t.config, schedule=_t.schedule, T=_t.T)
+    _keep = {k: v for k, v in _c.items() if k not in ('cd', 'ct')}
+    _cd = dict(**_keep, method='consistency_distillation', teacher=_teacher, **_c['cd'])
+    _ct = dict(**_keep, method='consistency_training', **_c['ct'])
+    declare(f'{_teacher}_cd', recipe='consistency', args=_cd, data=_t.data, needs=(_teacher,), **_same,
+            prediction_type='v_prediction', feeds=('consistency_table',))
+    declare(f'{_teacher}_ct', recipe='consistency', args=_ct, data=_t.data, **_same, prediction_type='v_prediction',
+            feeds=('consistency_table',))
 
 # %% ../nbs/00b_artifacts.ipynb #09532c3d
 def artifact_path(

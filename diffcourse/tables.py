@@ -12,7 +12,7 @@ import torch
 import matplotlib.pyplot as plt
 from fastprogress import progress_bar
 
-from .core import WEIGHTS_DIR, check_number, pick, randn, weights_path
+from .core import WEIGHTS_DIR, check_number, mean_se, pick, randn, weights_path
 from .data import toy_2d
 from .metrics import FID_N, fid, sliced_wasserstein
 from diffcourse.samplers import (
@@ -27,13 +27,15 @@ from diffcourse.samplers import (
     sample,
     steps_for_evals,
 )
-from .distill import METHODS, sample_steps, student_name
+from .distill import METHODS, distill_sigmas, sample_steps, student_name
+from .consistency import CM_METHODS, consistency_name, sample_consistency
 
 # %% auto #0
 __all__ = ['TABLE_EVALS', 'SAMPLER_TABLE_PATH', 'SAMPLER_SETUPS', 'DISTILL_TABLE_PATH', 'DISTILL_SETUPS', 'DISTILL_ROWS',
-           'weights_id', 'fid_digits', 'sw_to_mixture', 'table_setup', 'sampler_table', 'load_sampler_table',
-           'plot_sampler_table', 'row_name', 'row_model', 'distill_table', 'load_distill_table', 'stale_rows',
-           'table_value', 'plot_distill_table']
+           'PLOT_STYLES', 'CONSISTENCY_TABLE_PATH', 'JOINT_SEEDS', 'JOINT_ROWS', 'weights_id', 'fid_digits',
+           'sw_to_mixture', 'table_setup', 'sampler_table', 'load_sampler_table', 'plot_sampler_table', 'row_name',
+           'row_model', 'distill_table', 'load_distill_table', 'stale_rows', 'table_value', 'plot_distill_table',
+           'joint_rows', 'joint_table', 'load_joint_table']
 
 # %% ../nbs/11_tables.ipynb #636c3463
 def _tensor_digest(raw: bytes) -> str:
@@ -192,14 +194,16 @@ DISTILL_ROWS = (  # (method, steps): 'ddim' samples from the teacher, a key of M
 # %% ../nbs/11_tables.ipynb #3cf80d1b
 def row_name(
     setup: str,  # a key of DISTILL_SETUPS
-    method: str,  # 'ddim' (the teacher), or a key of METHODS
+    method: str,  # 'ddim' (the teacher), a key of METHODS (lesson 10) or of CM_METHODS (lesson 10b)
     steps: int,  # the row's sampling steps
 ) -> str:
     "The shipped weights one row of the table samples from: the teacher for 'ddim', else the student."
     teacher = pick(DISTILL_SETUPS, setup, 'table')['teacher']
     if method == 'ddim':
         return teacher
-    pick({'ddim': None, **METHODS}, method, 'method')
+    pick({'ddim': None, **METHODS, **CM_METHODS}, method, 'method')
+    if method in CM_METHODS:  # one consistency model serves every step count
+        return consistency_name(teacher, method)
     return student_name(teacher, steps, method)
 
 
@@ -222,6 +226,21 @@ def _check_rows(setup: str, rows) -> list:
         weights_path(f'{row_name(setup, method, steps)}.safetensors')  # FileNotFoundError listing what ships
     return [(m, int(s)) for m, s in rows]
 
+# %% ../nbs/11_tables.ipynb #e5b7bde0
+def _sample_row(
+    model: Denoiser,  # the row's denoiser
+    method: str,  # the row's method
+    noise: torch.Tensor,  # (B, ...) standard normal noise
+    steps: int,  # sampling steps
+    generator: torch.Generator,  # fresh noise between the steps of a consistency model
+) -> torch.Tensor:
+    "Samples of one row: lesson 10's DDIM `sample_steps`, or lesson 10b's multistep consistency sampling."
+    if method not in CM_METHODS:
+        return sample_steps(model, noise, steps)
+    sigmas = distill_sigmas(model.schedule, steps)  # the same grid as the students': T/N-spaced, ending in 0
+    x = noise * (1 + sigmas[0] ** 2).sqrt().to(noise)  # lesson 07, eq. (S1)
+    return sample_consistency(model, x, sigmas, generator=generator)
+
 # %% ../nbs/11_tables.ipynb #9a3e16ed
 def distill_table(
     setup: str,  # a key of DISTILL_SETUPS: 'toy' or 'digits'
@@ -232,7 +251,7 @@ def distill_table(
     device='cpu',
     progress: bool = True,
 ) -> list:  # one dict(method, steps, value, seconds, weights) per row
-    "Sample quality of the teacher's DDIM and of the distilled students at each number of steps, from the same noise."
+    "Sample quality of the teacher's DDIM and of the few-step students at each number of steps, from the same noise."
     cmp = pick(DISTILL_SETUPS, setup, 'table')
     rows = _check_rows(setup, rows)
     if n is not None:
@@ -244,7 +263,8 @@ def distill_table(
     for method, steps in progress_bar(rows) if progress else rows:
         model = row_model(setup, method, steps, device)
         t0 = time.perf_counter()
-        x = torch.cat([sample_steps(model, c, steps) for c in noise.split(int(batch_size))])
+        g = torch.Generator(device).manual_seed(seed + 1)  # the fresh noise of multistep consistency sampling
+        x = torch.cat([_sample_row(model, method, c, steps, g) for c in noise.split(int(batch_size))])
         value = float(metric(x))
         seconds = round(time.perf_counter() - t0, 2)
         weights = weights_id(row_name(setup, method, steps))
@@ -288,22 +308,96 @@ def table_value(
     return v[0]
 
 # %% ../nbs/11_tables.ipynb #cc97be11
+PLOT_STYLES = {  # method -> marker style and label of its line
+    'ddim': ('o-', 'DDIM with the teacher'),
+    'progressive': ('s-', 'progressive distillation'),
+    'direct': ('*', 'direct distillation'),
+    'consistency_distillation': ('^-', 'consistency distillation'),
+    'consistency_training': ('v--', 'consistency training'),
+}
+
+
 def plot_distill_table(
-    rows: list,  # rows from `distill_table`
+    rows: list,  # rows from `distill_table` (or `joint_table`: with error bars of one standard error)
     ax=None,  # axes to draw into
     title: str | None = None,
     ylabel: str = 'value',
 ):
-    "Quality against sampling steps: DDIM with the teacher, and each distillation method."
+    "Quality against sampling steps: DDIM with the teacher, and each few-step method."
     if ax is None:
         _, ax = plt.subplots(figsize=(5.5, 3.5))
-    for method, style in (('ddim', 'o-'), ('progressive', 's-'), ('direct', '*')):
+    for method, (style, label) in PLOT_STYLES.items():
         rs = sorted((r for r in rows if r['method'] == method), key=lambda r: r['steps'])
-        label = {'ddim': 'DDIM with the teacher'}.get(method, f'{method} distillation')
         if rs:
+            se = [r['se'] for r in rs] if all('se' in r for r in rs) else None
             ms = 9 if method == 'direct' else 5
-            ax.plot([r['steps'] for r in rs], [r['value'] for r in rs], style, ms=ms, label=label)
+            ax.errorbar(
+                [r['steps'] for r in rs], [r['value'] for r in rs], yerr=se, fmt=style, ms=ms, label=label, capsize=2
+            )
     ax.set_xscale('log', base=2)
     ax.set(yscale='log', xlabel='sampling steps (network evaluations)', ylabel=ylabel, title=title or '')
     ax.legend(fontsize=8)
     return ax
+
+# %% ../nbs/11_tables.ipynb #176368e4
+CONSISTENCY_TABLE_PATH = WEIGHTS_DIR / 'consistency_table.json'  # written by tools/tables/distill.py --joint
+JOINT_SEEDS = (0, 1, 2)  # every row is measured from the noise of each seed
+JOINT_ROWS = (  # lesson 10b's table: the teacher's reference, then every few-step method at 8, 4, 2 and 1 steps
+    ('ddim', 128),
+    *[
+        (m, n)
+        for m in ('ddim', 'progressive', 'consistency_distillation', 'consistency_training')
+        for n in (8, 4, 2, 1)
+    ],
+    ('direct', 1),
+)
+
+# %% ../nbs/11_tables.ipynb #2a18614c
+def _check_seeds(seeds) -> tuple:
+    ok = (
+        isinstance(seeds, (tuple, list)) and len(set(seeds)) == len(seeds) >= 2 and all(_is_count(s + 1) for s in seeds)
+    )
+    if not ok:
+        raise ValueError(f"seeds must be at least 2 distinct integers >= 0 (a spread needs two), got {seeds!r}")
+    return tuple(int(s) for s in seeds)
+
+
+def joint_rows(
+    per_seed: list,  # one `distill_table` (the same rows) per seed
+    seeds,  # those seeds
+) -> list:  # one dict(method, steps, value (the mean), se, values, seeds, seconds, weights) per row
+    "Rows measured once per seed, combined: each with its mean, standard error and every value."
+    out = []
+    for k, r in enumerate(per_seed[0]):
+        values = [p[k]['value'] for p in per_seed]
+        mean, se = mean_se(values)
+        seconds = round(sum(p[k]['seconds'] for p in per_seed) / len(per_seed), 2)
+        row = dict(method=r['method'], steps=r['steps'], value=mean, se=se, values=values, seeds=list(seeds))
+        out.append(dict(row, seconds=seconds, weights=r['weights']))
+    return out
+
+
+def joint_table(
+    setup: str,  # a key of DISTILL_SETUPS: 'toy' or 'digits'
+    rows=JOINT_ROWS,  # (method, steps) pairs
+    seeds=JOINT_SEEDS,  # each row from the noise of each seed (common to all rows: the rows are paired)
+    n: int | None = None,  # samples per row and seed (default: the setup's)
+    batch_size: int = 500,
+    device='cpu',
+    progress: bool = True,
+) -> list:  # rows of `joint_rows`
+    "Lesson 10b's table: every row of `distill_table` from the noise of each seed, with its mean and standard error."
+    seeds = _check_seeds(seeds)
+    rows = _check_rows(setup, rows)
+    tables = [
+        distill_table(setup, rows, s, n, batch_size, device, progress=False)
+        for s in progress_bar(seeds, display=progress)
+    ]
+    return joint_rows(tables, seeds)
+
+
+def load_joint_table(
+    path=None,  # a JSON written by tools/tables/distill.py --joint; default: the shipped CONSISTENCY_TABLE_PATH
+) -> dict:
+    "The shipped table of lesson 10b (written by tools/tables/distill.py --joint)."
+    return load_distill_table(path if path is not None else CONSISTENCY_TABLE_PATH)

@@ -322,7 +322,7 @@ def _bad(toy, dl):
         (
             lambda: row_name('toy', 'euler', 4),
             ValueError,
-            "Unknown method 'euler'; valid choices are ['ddim', 'direct', 'progressive']",
+            "Unknown method 'euler'; valid choices are ['consistency_distillation', 'consistency_training', 'ddim',",
         ),
         (
             lambda: distill_table('toy', rows=(('progressive', 3),)),

@@ -343,6 +343,37 @@ def reflow(a, runs):
     return Made(st.ema, info)
 
 
+@recipe
+def consistency(a, runs):
+    "Lesson 10b: consistency distillation from a v-teacher, or consistency training of a fresh network."
+    from diffcourse.consistency import consistency_distillation, consistency_training
+    from diffcourse.data import get_dataloader
+    from diffcourse.samplers import load_denoiser
+    from diffcourse.schedules import Schedule
+
+    p = a.args
+    g = seed_everything(0)
+    dl = get_dataloader(p['data'], batch_size=p['batch_size'], generator=g, drop_last=True, **p['loader'])
+    gen = torch.Generator().manual_seed(1)  # the levels and the noise of the loss (checkpointed by train)
+    kw = dict(warmup=p['warmup'], seed=0, ckpt=ckpt(runs, a.name), ckpt_every=250, generator=gen)
+    t0 = time.perf_counter()
+    if p['method'] == 'consistency_distillation':
+        teacher = load_denoiser(p['teacher'])
+        cm, st = consistency_distillation(teacher, dl, p['steps'], p['lr'], p['grid'], p['mu'], **kw)
+        teacher_evals = p['steps'] * p['batch_size']  # one teacher DDIM step per sample per step
+    else:
+        net = architecture(a.arch)(**a.config)
+        schedule = Schedule.from_name(a.schedule, T=a.T)
+        cm, st = consistency_training(net, schedule, dl, p['steps'], p['lr'], p['grid'], ema_decay=p['ema_decay'], **kw)
+        teacher_evals = 0
+    if not st.accelerator.is_main_process:
+        return None
+    info = dict(method=p['method'], steps=st.step, final_loss=round(mean_last(st.losses, 200), 6))
+    info.update(teacher_evals=teacher_evals, train_seconds=round(time.perf_counter() - t0, 1))
+    info.update(threads=torch.get_num_threads())
+    return Made(copy.deepcopy(cm.net).cpu(), info, half=p.get('half', False))
+
+
 # ---- making, checking -----------------------------------------------------------------------------------------------
 def declared_info(a) -> dict:
     "What the declaration says of the file, recorded in its info."
