@@ -342,8 +342,10 @@ def plot_distill_table(
 # %% ../nbs/11_tables.ipynb #176368e4
 CONSISTENCY_TABLE_PATH = WEIGHTS_DIR / 'consistency_table.json'  # written by tools/tables/distill.py --joint
 JOINT_SEEDS = (0, 1, 2)  # every row is measured from the noise of each seed
-JOINT_ROWS = (  # lesson 10b's table: the teacher's reference, then every few-step method at 8, 4, 2 and 1 steps
+JOINT_ROWS = (  # lesson 10b's table: lesson 10's rows, and every few-step method at 8, 4, 2 and 1 steps
+    ('ddim', 256),
     ('ddim', 128),
+    ('ddim', 64),
     *[
         (m, n)
         for m in ('ddim', 'progressive', 'consistency_distillation', 'consistency_training')
@@ -361,7 +363,7 @@ def _check_seeds(seeds) -> tuple:
         raise ValueError(f"seeds must be at least 2 distinct integers >= 0 (a spread needs two), got {seeds!r}")
     return tuple(int(s) for s in seeds)
 
-
+# %% ../nbs/11_tables.ipynb #80fb8cbf
 def joint_rows(
     per_seed: list,  # one `distill_table` (the same rows) per seed
     seeds,  # those seeds
@@ -376,7 +378,7 @@ def joint_rows(
         out.append(dict(row, seconds=seconds, weights=r['weights']))
     return out
 
-
+# %% ../nbs/11_tables.ipynb #c0f4ae6b
 def joint_table(
     setup: str,  # a key of DISTILL_SETUPS: 'toy' or 'digits'
     rows=JOINT_ROWS,  # (method, steps) pairs
@@ -395,7 +397,7 @@ def joint_table(
     ]
     return joint_rows(tables, seeds)
 
-
+# %% ../nbs/11_tables.ipynb #c01500db
 def load_joint_table(
     path=None,  # a JSON written by tools/tables/distill.py --joint; default: the shipped CONSISTENCY_TABLE_PATH
 ) -> dict:

@@ -52,24 +52,26 @@ def measure(tables, rows, seeds, device, partial: Path) -> dict:
     return done
 
 
-def _seconds_per_step(loss, net, k: int = 10) -> float:
-    "Wall seconds of one optimizer step (loss, backward, AdamW), the median of k after two warm-up steps."
-    opt = torch.optim.AdamW(net.parameters(), lr=1e-6)
-    times = []
-    for i in range(k + 2):
-        t0 = time.perf_counter()
-        opt.zero_grad()
-        loss(net).backward()
-        opt.step()
-        times.append(time.perf_counter() - t0)
-    return sorted(times[2:])[k // 2]
+def _seconds_per_step(losses: dict, nets: dict, k: int = 20) -> dict:
+    """Wall seconds of one optimizer step (loss, backward, AdamW) of each method: the methods take turns, one step each
+    per round, so that a change in the machine's load falls on all of them; the median of k rounds after two."""
+    opts = {m: torch.optim.AdamW(nets[m].parameters(), lr=1e-6) for m in losses}
+    times = {m: [] for m in losses}
+    for _ in range(k + 2):
+        for m, loss in losses.items():
+            t0 = time.perf_counter()
+            opts[m].zero_grad()
+            loss(nets[m]).backward()
+            opts[m].step()
+            times[m].append(time.perf_counter() - t0)
+    return {m: sorted(t[2:])[k // 2] for m, t in times.items()}
 
 
 def train_costs(table: str, device='cpu') -> dict:
     """Per few-step method: the teacher's network evaluations its training spends, its optimizer steps, and CPU seconds
-    estimated as optimizer steps x the seconds of one step timed here (plus, for the direct student, the time of
-    sampling its pairs), all in this one run and on this machine, so that the methods compare; and the seconds that
-    consistency runs recorded when they were made."""
+    estimated as optimizer steps x the seconds of one step timed here on one thread (plus, for the direct student, the
+    time of sampling its pairs), all in this one run and on this machine, so that the methods compare; and the seconds
+    that consistency runs recorded when they were made."""
     import copy
     from diffcourse.artifacts import ARTIFACTS, describe
     from diffcourse.consistency import consistency_loss
@@ -77,6 +79,7 @@ def train_costs(table: str, device='cpu') -> dict:
     from diffcourse.samplers import Denoiser, load_denoiser
 
     cmp = DISTILL_SETUPS[table]
+    torch.set_num_threads(1)  # every step timed on one thread, as the consistency runs were made
     teacher = load_denoiser(cmp['teacher'], device)
     sched = teacher.schedule
     chain = [a for n, a in ARTIFACTS.items() if a.recipe == 'progressive' and n.startswith(cmp['teacher'] + '_pd')]
@@ -87,16 +90,13 @@ def train_costs(table: str, device='cpu') -> dict:
     grid = distill_sigmas(sched, 64).to(device)
     fresh = lambda: copy.deepcopy(teacher.net).train().requires_grad_(True)
     x_pd, x_d, x_cd, x_ct = batch(chain[0]), batch(direct), batch(cd), batch(ct)
-    per_step = dict(
-        progressive=_seconds_per_step(lambda net: distill_loss(D(net), teacher, x_pd, 4), fresh()),
-        direct=_seconds_per_step(lambda net: direct_loss(D(net), x_d, x_d), fresh()),
-        consistency_distillation=_seconds_per_step(
-            lambda net: consistency_loss(D(net), D(net), x_cd, grid, teacher), fresh()
-        ),
-        consistency_training=_seconds_per_step(
-            lambda net: consistency_loss(D(net), D(net), x_ct, grid, None, weighting='inverse_gap'), fresh()
-        ),
+    losses = dict(
+        progressive=lambda net: distill_loss(D(net), teacher, x_pd, 4),
+        direct=lambda net: direct_loss(D(net), x_d, x_d),
+        consistency_distillation=lambda net: consistency_loss(D(net), D(net), x_cd, grid, teacher),
+        consistency_training=lambda net: consistency_loss(D(net), D(net), x_ct, grid, None, weighting='inverse_gap'),
     )
+    per_step = _seconds_per_step(losses, {m: fresh() for m in losses})
     t0 = time.perf_counter()
     m = 64
     teacher_pairs(teacher, (m, *cmp['shape']), direct.args['teacher_steps'], g, batch_size=m)
