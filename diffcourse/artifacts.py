@@ -30,17 +30,19 @@ __all__ = ['FORMAT', 'ARTIFACTS', 'TOY_MLP', 'DIGITS_UNET', 'TOY', 'DIGITS', 'TR
 
 # %% ../nbs/00b_artifacts.ipynb #b00f9962
 FORMAT = 'diffcourse.artifact/1'  # the one format of every file the course ships
-_KINDS = {dict: 'a JSON object', list: 'a JSON list', int: 'a JSON integer', str: 'a JSON string'}
+_KINDS = {dict: 'a JSON object', list: 'a JSON list', int: 'a JSON integer', str: 'a JSON string', type(None): 'null'}
 
 
 def meta_json(
     meta: dict,  # a file's metadata: name -> string
     key: str,  # the entry to read
     source: str,  # the file, for the messages
-    kind: type = dict,  # the JSON type it must have: a key of `_KINDS`
+    kind=dict,  # the JSON type it must have, a key of `_KINDS`, or a tuple of them
     default=KeyError,  # returned when the entry is missing (KeyError: it must be there)
 ):
     "The metadata entry `key` parsed as JSON and checked to be a `kind`, or an error naming the file and the entry."
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    want = ' or '.join(_KINDS[k] for k in kinds)
     if key not in meta:
         if default is KeyError:
             raise ValueError(f"{source} has no {key!r} entry in its metadata")
@@ -49,9 +51,9 @@ def meta_json(
         value = json.loads(meta[key])
     except ValueError:
         got = f'text that is not JSON: {meta[key][:100]!r}'
-        raise ValueError(f"{source}: its metadata {key!r} must be {_KINDS[kind]}, got {got}") from None
-    if not isinstance(value, kind) or isinstance(value, bool):
-        raise ValueError(f"{source}: its metadata {key!r} must be {_KINDS[kind]}, got {meta[key][:100]!r}")
+        raise ValueError(f"{source}: its metadata {key!r} must be {want}, got {got}") from None
+    if not isinstance(value, kinds) or isinstance(value, bool):
+        raise ValueError(f"{source}: its metadata {key!r} must be {want}, got {meta[key][:100]!r}")
     return value
 
 # %% ../nbs/00b_artifacts.ipynb #fe540d67

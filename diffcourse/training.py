@@ -32,6 +32,7 @@ from diffcourse.core import (
     register_architecture,
 )
 from .schedules import Schedule, q_sample, check_prediction_type, prediction_target
+from .artifacts import check_tensors, meta_json
 
 # %% auto #0
 __all__ = ['LR_SCHEDULES', 'CHECKPOINT_FORMAT', 'ddpm_loss', 'ToyMLP', 'lr_at', 'ema_update', 'check_state_dict',
@@ -165,25 +166,14 @@ def check_state_dict(
     arch: str | None = None,  # the architecture `sd` was saved from, if known
     config: dict | None = None,
 ):  # the config `sd` was saved with, if known
-    "Raise a clear error unless `sd` has exactly the keys and shapes of `model.state_dict()`."
-    want = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    have = {k: tuple(v.shape) for k, v in sd.items()}
-    missing, unexpected = sorted(set(want) - set(have)), sorted(set(have) - set(want))
-    wrong = [
-        f"{k}: {have[k]} in the file, {want[k]} in the model"
-        for k in sorted(set(want) & set(have))
-        if want[k] != have[k]
-    ]
-    if not (missing or unexpected or wrong):
-        return
+    "Raise a clear error unless `sd` has the keys, shapes and kinds of `model.state_dict()` (lesson 00b's check)."
     saved_from = f" (it was saved from {arch})" if arch and arch not in (_arch(model), _arch_name(model)) else ''
-    msg = [f"{source} does not fit the model {_arch(model)}{saved_from}"]
-    msg += [f"missing keys ({len(missing)}): {missing[:5]}"] * bool(missing)
-    msg += [f"unexpected keys ({len(unexpected)}): {unexpected[:5]}"] * bool(unexpected)
-    msg += [f"shape mismatches ({len(wrong)}): {wrong[:3]}"] * bool(wrong)
-    if config is not None and config != getattr(model, 'config', config):
-        msg.append(f"the file's config is {config}, the model's is {model.config}")
-    raise ValueError('; '.join(msg))
+    try:
+        check_tensors(model, sd, source, f"{_arch(model)}{saved_from}")
+    except ValueError as e:
+        if config is not None and config != getattr(model, 'config', config):
+            raise ValueError(f"{e}; the file's config is {config}, the model's is {model.config}") from None
+        raise
 
 
 def _with_prefix(tensors, prefix):
@@ -235,33 +225,6 @@ def save_checkpoint(
         tensors[f'rng.{k}'] = v
     return save_safetensors(tensors, path, metadata=meta)
 
-# %% ../nbs/04_ddpm.ipynb #9d4116a1
-_JSON_KINDS = {dict: 'a JSON object', list: 'a JSON list', type(None): 'null'}
-
-
-def _meta_json(
-    meta: dict,  # a file's metadata: name -> string
-    key: str,  # the entry to read
-    source: str,  # the file, for the messages
-    kinds: tuple = (dict,),  # the JSON types that are valid, from `_JSON_KINDS`
-    default=KeyError,
-):  # returned when the entry is missing (KeyError: it must be there)
-    "The metadata entry `key` parsed as JSON, or an error naming the file, the entry and what it should be."
-    if key not in meta:
-        if default is KeyError:
-            raise ValueError(f"{source} has no {key!r} entry in its metadata")
-        return default
-    want = ' or '.join(_JSON_KINDS[k] for k in kinds)
-    try:
-        value = json.loads(meta[key])
-    except ValueError:
-        raise ValueError(
-            f"{source}: its metadata {key!r} must be {want}, got text that is not JSON: {meta[key][:100]!r}"
-        ) from None
-    if not isinstance(value, kinds):
-        raise ValueError(f"{source}: its metadata {key!r} must be {want}, got {meta[key][:100]!r}")
-    return value
-
 # %% ../nbs/04_ddpm.ipynb #be28acc2
 _PER_PARAM = ('exp_avg', 'exp_avg_sq', 'max_exp_avg_sq', 'momentum_buffer')  # optimizer states shaped like a parameter
 
@@ -274,7 +237,7 @@ def _optimizer_state(tensors: dict, meta: dict, optimizer, source: str) -> dict:
         raise ValueError(
             f"{source} holds a {meta.get('optimizer')} state, but the optimizer is a {_opt_name(optimizer)}"
         )
-    groups = _meta_json(meta, 'optim_groups', source, (list,))
+    groups = meta_json(meta, 'optim_groups', source, list)
     sizes = [len(g['params']) if isinstance(g, dict) and isinstance(g.get('params'), list) else None for g in groups]
     if sizes != [len(g['params']) for g in optimizer.param_groups]:
         raise ValueError(
@@ -283,7 +246,7 @@ def _optimizer_state(tensors: dict, meta: dict, optimizer, source: str) -> dict:
         )
     params = {i: p for g, og in zip(groups, optimizer.param_groups) for i, p in zip(g['params'], og['params'])}
     state = {}
-    for k, v in [*_with_prefix(tensors, 'optim.').items(), *_meta_json(meta, 'optim_scalars', source).items()]:
+    for k, v in [*_with_prefix(tensors, 'optim.').items(), *meta_json(meta, 'optim_scalars', source).items()]:
         i, _, name = k.partition('.')
         if not i.isdigit() or int(i) not in params or not name:
             raise ValueError(f"{source}: its optimizer state has an entry {k!r} for no parameter of the optimizer")
@@ -310,9 +273,9 @@ def load_checkpoint(
             f"{str(path)!r} is not a diffcourse checkpoint: expected metadata format "
             f"{CHECKPOINT_FORMAT!r}, got {meta.get('format')!r}"
         )
-    info = _meta_json(meta, 'info', src)
+    info = meta_json(meta, 'info', src)
     sd, ema_sd, rng = _with_prefix(tensors, 'model.'), _with_prefix(tensors, 'ema.'), _with_prefix(tensors, 'rng.')
-    check_state_dict(model, sd, src, meta.get('arch'), _meta_json(meta, 'config', src, (dict, type(None)), None))
+    check_state_dict(model, sd, src, meta.get('arch'), meta_json(meta, 'config', src, (dict, type(None)), None))
     if ema is not None and not ema_sd:
         raise ValueError(f"{src} holds no EMA weights (its run had ema_decay=0), but an EMA model was given to load")
     if ema is not None:
