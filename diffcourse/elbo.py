@@ -16,7 +16,7 @@ from .schedules import _as_timesteps, _per_sample, check_prediction_type, x0_eps
 __all__ = ['VARIANCES', 'normal_kl', 'normal_log_prob', 'posterior_mean_var', 'reverse_variance', 'x0_from_eps', 'eps_from_x0',
            'v_from_x0_eps', 'x0_from_v', 'eps_from_v', 'score_from_eps', 'eps_from_score', 'to_x0_eps',
            'optimal_eps_model', 'vlb_weight', 'decoder_variance', 'prior_kl', 'vlb_term', 'vlb_terms', 'nelbo',
-           'bits_per_dim']
+           'bits_per_dim', 'gaussian_terms_exact']
 
 # %% ../nbs/03_elbo.ipynb #a9897200
 def normal_kl(mean1, logvar1, mean2, logvar2) -> torch.Tensor:
@@ -323,3 +323,32 @@ def bits_per_dim(
     if not _is_int(dims) or dims < 1:
         raise ValueError(f"dims must be a positive integer (the dimensions of one data point), got {dims!r}")
     return nats / (dims * math.log(2))
+
+# %% ../nbs/03_elbo.ipynb #43cc3639
+def gaussian_terms_exact(
+    m: torch.Tensor,  # (D,) the data's mean
+    S: torch.Tensor,  # (D, D) its covariance
+    schedule: Schedule,  # the variance schedule
+    variance_type: str = 'fixed_large',  # the reverse variance, one of VARIANCES
+) -> torch.Tensor:  # (T + 1,) float64
+    "Expected terms [L_0, L_1, ..., L_{T-1}, L_T] of -ELBO for x0 ~ N(m, S) and the optimal model, in closed form."
+    _, abar = _tables(schedule, torch.float64, 'cpu')
+    D = len(m)
+    I = torch.eye(D, dtype=torch.float64)
+
+    def tr_post_var(a):
+        return torch.trace(S - a * S @ torch.linalg.solve(a * S + (1 - a) * I, S))
+
+    sd2 = decoder_variance(schedule)
+    out = [0.5 * D * math.log(2 * math.pi * sd2) + tr_post_var(abar[0]) / (2 * sd2)]  # L_0
+    for t in range(1, schedule.T):
+        a_t, a_p = abar[t], abar[t - 1]
+        beta = 1 - a_t / a_p
+        bt = (1 - a_p) / (1 - a_t) * beta
+        c0 = a_p.sqrt() * beta / (1 - a_t)
+        s2 = VARIANCES[variance_type](a_t, a_p, beta)
+        out.append(0.5 * D * (bt / s2 - 1 - torch.log(bt / s2)) + c0**2 * tr_post_var(a_t) / (2 * s2))  # L_{t-1}
+    aT = abar[-1]
+    out.append(0.5 * (aT * (m @ m + torch.trace(S)) - D * aT - D * torch.log1p(-aT)))  # L_T
+    return torch.stack([torch.as_tensor(o, dtype=torch.float64) for o in out])
+
