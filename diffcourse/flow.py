@@ -13,6 +13,7 @@ from fastprogress import progress_bar
 
 from .core import append_dims, check_number, pick, randn, seed_everything, weights_path
 from .data import get_dataloader, toy_2d
+from .metrics import SlicedWasserstein
 from .training import ToyMLP, load_pretrained, save_pretrained, train
 
 # %% auto #0
@@ -424,8 +425,8 @@ def time_density(
     return density(t_unshifted, m, s) * shift / (shift - (shift - 1) * t) ** 2  # p(t) dt/dt'
 
 # %% ../nbs/07c_flow_matching.ipynb #8de7505b
-class ToyMetric:
-    "Lesson 07's toy score, sliced Wasserstein distance to fresh points of the mixture, with the reference sorted once."
+class ToyMetric(SlicedWasserstein):
+    "Lesson 07's toy score: lesson 06's `SlicedWasserstein` to fresh points of the mixture (the reference kept once)."
 
     def __init__(
         self,
@@ -433,30 +434,12 @@ class ToyMetric:
         n_proj: int = 256,  # random directions of the sliced Wasserstein distance
         seed: int = 1,  # seed of the reference points (the directions use seed + 1, as lesson 07)
     ):
-        self.ref = toy_2d('gaussian_mixture', n_ref, generator=torch.Generator().manual_seed(seed))  # (n_ref, 2)
-        theta = torch.randn(n_proj, 2, generator=torch.Generator().manual_seed(seed + 1), dtype=torch.float64)
-        self.theta = theta / theta.norm(dim=1, keepdim=True)  # (P, 2) the directions sliced_wasserstein draws
-        self.ys = (self.theta @ self.ref.double().T).sort(-1).values  # (P, n_ref): sorted once
-        self._grid = {}  # N -> (indices into the sorted x, indices into the sorted reference, widths)
-
-    def _levels(self, N: int) -> tuple:
-        "lesson 06's merged quantile grid of N and n_ref points (`metrics.wasserstein_1d`), built once per N."
-        if N not in self._grid:
-            M = self.ys.shape[1]
-            f64 = dict(dtype=torch.float64)
-            levels = torch.cat([torch.arange(1, N + 1, **f64) / N, torch.arange(1, M + 1, **f64) / M]).sort().values
-            width = torch.diff(levels, prepend=levels.new_zeros(1))
-            mid = levels - width / 2
-            self._grid[N] = ((mid * N).long().clamp(max=N - 1), (mid * M).long().clamp(max=M - 1), width)
-        return self._grid[N]
+        ref = toy_2d('gaussian_mixture', n_ref, generator=torch.Generator().manual_seed(seed))  # (n_ref, 2)
+        super().__init__(ref, n_proj, generator=torch.Generator().manual_seed(seed + 1))
+        self.ref = ref
 
     def __call__(self, x: torch.Tensor) -> float:  # (N, 2) samples -> SW_2 to the reference
-        x = x.detach().cpu().double()
-        if x.ndim != 2 or x.shape[1] != 2 or not x.isfinite().all():
-            raise ValueError(f"ToyMetric wants finite (N, 2) samples, got shape {tuple(x.shape)}")
-        ix, iy, width = self._levels(len(x))
-        xs = (self.theta @ x.T).sort(-1).values  # (P, N)
-        return float((((xs[:, ix] - self.ys[:, iy]) ** 2 * width).sum(-1)).mean().sqrt())  # lesson 06's eq. (5)
+        return super().__call__(x.detach().cpu())
 
 # %% ../nbs/07c_flow_matching.ipynb #8bd24a75
 def _draw(model, sampler: str, noise: torch.Tensor, evals: int) -> tuple:

@@ -19,7 +19,7 @@ from .training import train, load_pretrained
 __all__ = ['CLASSIFIERS', 'FID_N', 'sqrtm_psd', 'frechet_distance', 'feature_stats', 'SmallCNN', 'random_shift',
            'classifier_loss', 'classifier_data', 'train_classifier', 'load_classifier', 'check_images',
            'classifier_features', 'classifier_accuracy', 'reference_stats', 'fid', 'fid_floor', 'kid_features', 'kid',
-           'wasserstein_1d', 'sliced_wasserstein']
+           'quantile_grid', 'wasserstein_1d', 'SlicedWasserstein', 'sliced_wasserstein']
 
 # %% ../nbs/06_metrics.ipynb #80a3d12b
 def sqrtm_psd(
@@ -389,22 +389,77 @@ def kid(
     return kid_features(classifier_features(fake_images, classifier), classifier_features(real_images, classifier))
 
 # %% ../nbs/06_metrics.ipynb #22e3a345
+def quantile_grid(
+    N: int,  # the size of one set of 1-D samples
+    M: int,  # the size of the other
+    dtype=torch.float64,
+    device=None,
+) -> tuple:  # (ix (N+M,), iy (N+M,), width (N+M,)): indices into both sorted sets, and each piece's length
+    "The merged quantile grid {i/N} U {j/M} on which both quantile functions of eq. (4) are constant."
+    grid = lambda n: torch.arange(1, n + 1, dtype=dtype, device=device) / n  # the levels i / n, i = 1..n
+    levels = torch.cat([grid(N), grid(M)]).sort().values  # (N+M,)
+    width = torch.diff(levels, prepend=levels.new_zeros(1))  # length of each constant piece
+    mid = levels - width / 2  # a level inside each piece
+    return (mid * N).long().clamp(max=N - 1), (mid * M).long().clamp(max=M - 1), width
+
+
 def wasserstein_1d(
     px: torch.Tensor,  # (P, N) P sets of 1-D samples
     py: torch.Tensor,  # (P, M) P sets of 1-D samples
     p: float = 2,  # the order p of W_p
+    grid: tuple | None = None,  # `quantile_grid(N, M)`, if already built
+    presorted: bool = False,  # px and py are already sorted along their last dimension
 ) -> torch.Tensor:  # (P,) W_p^p between each pair of empirical distributions
     "Exact W_p^p between 1-D empirical distributions of any sizes: eq. (4) integrated over the merged quantile grid."
-    N, M = px.shape[-1], py.shape[-1]
-    xs, ys = px.sort(-1).values, py.sort(-1).values
-    grid = lambda n: torch.arange(1, n + 1, dtype=px.dtype, device=px.device) / n  # the levels i / n, i = 1..n
-    levels = torch.cat([grid(N), grid(M)]).sort().values  # (N+M,)
-    width = torch.diff(levels, prepend=levels.new_zeros(1))  # length of each constant piece
-    mid = levels - width / 2  # a level inside each piece
-    ix, iy = (mid * N).long().clamp(max=N - 1), (mid * M).long().clamp(max=M - 1)
+    xs, ys = (px, py) if presorted else (px.sort(-1).values, py.sort(-1).values)
+    ix, iy, width = grid or quantile_grid(px.shape[-1], py.shape[-1], px.dtype, px.device)
     return ((xs[..., ix] - ys[..., iy]).abs() ** p * width).sum(-1)  # eq. (4)
 
 # %% ../nbs/06_metrics.ipynb #5c86f671
+def _check_clouds(x, y, who: str = 'sliced_wasserstein'):
+    "Raise unless x (N, D) and y (M, D) are finite tensors with the same D, N >= 1 and M >= 1."
+    if not (torch.is_tensor(x) and torch.is_tensor(y)):
+        raise TypeError(f"{who} wants x and y as tensors, got {type(x).__name__} and {type(y).__name__}")
+    if x.ndim != 2 or y.ndim != 2 or x.shape[1] != y.shape[1] or len(x) < 1 or len(y) < 1:
+        raise ValueError(
+            f"{who} wants x (N, D) and y (M, D) with the same D, N >= 1 and M >= 1, "
+            f"got {tuple(x.shape)} and {tuple(y.shape)}"
+        )
+    if not (torch.isfinite(x).all() and torch.isfinite(y).all()):
+        raise ValueError(f"{who}: x or y contains NaN or inf values")
+
+
+class SlicedWasserstein:
+    "SW_p(x, y) of eq. (5) for many x against one y: the directions drawn, y projected and sorted, grids built once."
+
+    def __init__(
+        self,
+        y: torch.Tensor,  # (M, D) the reference samples, e.g. from the true distribution
+        n_proj: int = 256,  # number of random directions
+        p: float = 2,  # the order p of SW_p
+        generator: torch.Generator | None = None,  # draws the directions (None: torch's global generator)
+    ):
+        _check_clouds(y, y, 'SlicedWasserstein')
+        check_number(n_proj, 'n_proj', 1, integer=True)
+        check_number(p, 'p', 1)
+        dtype = torch.float32 if y.device.type == 'mps' else torch.float64
+        theta = randn((n_proj, y.shape[1]), generator, y.device, dtype)  # (P, D)
+        self.y, self.p, self.theta = y, p, theta / theta.norm(dim=1, keepdim=True)  # unit directions
+        self.ys = (self.theta @ y.to(dtype).T).sort(-1).values  # (P, M), sorted once
+        self._grids = {}  # N -> quantile_grid(N, M)
+
+    def __call__(
+        self,
+        x: torch.Tensor,  # (N, D) samples
+    ) -> float:  # SW_p(x, y), in the units of the data
+        _check_clouds(x, self.y, 'SlicedWasserstein')
+        xs = (self.theta @ x.to(self.ys.device, self.ys.dtype).T).sort(-1).values  # (P, N)
+        N, M = xs.shape[-1], self.ys.shape[-1]
+        if N not in self._grids:
+            self._grids[N] = quantile_grid(N, M, self.ys.dtype, self.ys.device)
+        return float(wasserstein_1d(xs, self.ys, self.p, self._grids[N], presorted=True).mean() ** (1 / self.p))
+
+
 def sliced_wasserstein(
     x: torch.Tensor,  # (N, D) samples
     y: torch.Tensor,  # (M, D) samples, e.g. from the true distribution
@@ -413,19 +468,5 @@ def sliced_wasserstein(
     generator: torch.Generator | None = None,  # draws the directions (None: torch's global generator)
 ) -> float:  # SW_p(x, y), in the units of the data
     "Sliced Wasserstein distance of eq. (5) between two point clouds, with `n_proj` random directions."
-    if not (torch.is_tensor(x) and torch.is_tensor(y)):
-        raise TypeError(f"sliced_wasserstein wants x and y as tensors, got {type(x).__name__} and {type(y).__name__}")
-    if x.ndim != 2 or y.ndim != 2 or x.shape[1] != y.shape[1] or len(x) < 1 or len(y) < 1:
-        raise ValueError(
-            f"sliced_wasserstein wants x (N, D) and y (M, D) with the same D, N >= 1 and M >= 1, "
-            f"got {tuple(x.shape)} and {tuple(y.shape)}"
-        )
-    if not (torch.isfinite(x).all() and torch.isfinite(y).all()):
-        raise ValueError("sliced_wasserstein: x or y contains NaN or inf values")
-    check_number(n_proj, 'n_proj', 1, integer=True)
-    check_number(p, 'p', 1)
-    dtype = torch.float32 if x.device.type == 'mps' else torch.float64
-    theta = randn((n_proj, x.shape[1]), generator, x.device, dtype)  # (P, D)
-    theta = theta / theta.norm(dim=1, keepdim=True)  # unit directions
-    px, py = theta @ x.to(dtype).T, theta @ y.to(x.device, dtype).T  # (P, N), (P, M)
-    return float(wasserstein_1d(px, py, p).mean() ** (1 / p))  # eq. (5)
+    _check_clouds(x, y)
+    return SlicedWasserstein(y.to(x.device), n_proj, p, generator)(x)  # directions drawn on x's device
