@@ -428,7 +428,7 @@ def _check_clouds(x, y, who: str = 'sliced_wasserstein'):
     if not (torch.isfinite(x).all() and torch.isfinite(y).all()):
         raise ValueError(f"{who}: x or y contains NaN or inf values")
 
-
+# %% ../nbs/06_metrics.ipynb #a1252f0c
 class SlicedWasserstein:
     "SW_p(x, y) of eq. (5) for many x against one y: the directions drawn, y projected and sorted, grids built once."
 
@@ -459,7 +459,7 @@ class SlicedWasserstein:
             self._grids[N] = quantile_grid(N, M, self.ys.dtype, self.ys.device)
         return float(wasserstein_1d(xs, self.ys, self.p, self._grids[N], presorted=True).mean() ** (1 / self.p))
 
-
+# %% ../nbs/06_metrics.ipynb #2837fa78
 def sliced_wasserstein(
     x: torch.Tensor,  # (N, D) samples
     y: torch.Tensor,  # (M, D) samples, e.g. from the true distribution

@@ -140,15 +140,25 @@ def sampler_table(
         )
     return rows
 
+# %% ../nbs/11_tables.ipynb #6833bab8
+def _load_table(
+    path,  # the JSON to read, or None for `default`
+    default: Path,  # the shipped table
+    what: str,  # what it is, for the message
+    command: str,  # how to compute it
+) -> dict:
+    "A shipped table read from `path` (default: `default`), or a FileNotFoundError that says how to compute it."
+    path = Path(path) if path is not None else default
+    if not path.is_file():
+        raise FileNotFoundError(f"No {what} at {str(path)!r}; compute it with: {command}")
+    return json.loads(path.read_text())
+
 # %% ../nbs/11_tables.ipynb #42692ddb
 def load_sampler_table(
     path=None,  # a JSON written by tools/tables/samplers.py; default: the shipped SAMPLER_TABLE_PATH
 ) -> dict:
     "The shipped table of sampler quality against network evaluations."
-    path = Path(path) if path is not None else SAMPLER_TABLE_PATH
-    if not path.is_file():
-        raise FileNotFoundError(f"No sampler table at {str(path)!r}; compute it with: python tools/tables/samplers.py")
-    return json.loads(path.read_text())
+    return _load_table(path, SAMPLER_TABLE_PATH, 'sampler table', 'python tools/tables/samplers.py')
 
 # %% ../nbs/11_tables.ipynb #bf9fb6d9
 def plot_sampler_table(
@@ -276,12 +286,7 @@ def load_distill_table(
     path=None,  # a JSON written by tools/tables/distill.py; default: the shipped DISTILL_TABLE_PATH
 ) -> dict:
     "The shipped table of lesson 10 (written by tools/tables/distill.py)."
-    path = Path(path) if path is not None else DISTILL_TABLE_PATH
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"No distillation table at {str(path)!r}; compute it with: python tools/tables/distill.py"
-        )
-    return json.loads(path.read_text())
+    return _load_table(path, DISTILL_TABLE_PATH, 'distillation table', 'python tools/tables/distill.py')
 
 # %% ../nbs/11_tables.ipynb #edaf067f
 def stale_rows(
@@ -402,4 +407,5 @@ def load_joint_table(
     path=None,  # a JSON written by tools/tables/distill.py --joint; default: the shipped CONSISTENCY_TABLE_PATH
 ) -> dict:
     "The shipped table of lesson 10b (written by tools/tables/distill.py --joint)."
-    return load_distill_table(path if path is not None else CONSISTENCY_TABLE_PATH)
+    command = 'python tools/tables/distill.py --joint'
+    return _load_table(path, CONSISTENCY_TABLE_PATH, 'joint table of lesson 10b', command)

@@ -48,6 +48,14 @@ def mean_last(losses: list, n: int) -> float:
     return sum(losses[-n:]) / len(losses[-n:])
 
 
+def data_loader(p: dict):
+    "The batches a recipe trains on: its declared data, loader and batch size, in the order seed 0 gives."
+    from diffcourse.data import get_dataloader
+
+    g = seed_everything(0)
+    return get_dataloader(p['data'], batch_size=p['batch_size'], generator=g, drop_last=True, **p['loader'])
+
+
 def ckpt(runs: Path, name: str) -> str:
     return str(runs / f'{name}.ckpt.safetensors')
 
@@ -56,14 +64,12 @@ def ckpt(runs: Path, name: str) -> str:
 @recipe
 def diffusion(a, runs):
     "DDPM training (lesson 04's loss and loop) of a course network, with a prediction type on a schedule."
-    from diffcourse.data import get_dataloader
     from diffcourse.guidance import cfg_ddpm_loss
     from diffcourse.schedules import Schedule
     from diffcourse.training import ddpm_loss, train
 
     p = a.args
-    g = seed_everything(0)
-    dl = get_dataloader(p['data'], batch_size=p['batch_size'], generator=g, drop_last=True, **p['loader'])
+    dl = data_loader(p)
     schedule = Schedule.from_name(a.schedule, T=a.T)
     model = architecture(a.arch)(**a.config)
     if 'p_uncond' in p:  # class-conditional, with condition dropout (classifier-free guidance, lesson 08)
@@ -264,14 +270,12 @@ def token(a, runs):
 @recipe
 def progressive(a, runs):
     "One round of progressive distillation (lesson 10): a student that takes half its teacher's DDIM steps."
-    from diffcourse.data import get_dataloader
     from diffcourse.distill import distill_round
     from diffcourse.samplers import load_denoiser
 
     p, (teacher_name,) = a.args, a.needs
     n = p['teacher_steps']
-    g = seed_everything(0)
-    dl = get_dataloader(p['data'], batch_size=p['batch_size'], generator=g, drop_last=True, **p['loader'])
+    dl = data_loader(p)
     teacher = load_denoiser(teacher_name)
     kw = dict(warmup=0, seed=0, ckpt=ckpt(runs, a.name), ckpt_every=100)
     student, st = distill_round(teacher, dl, n, n // 2, p['steps'], p['lr'], **kw)
@@ -311,13 +315,11 @@ def direct(a, runs):
 @recipe
 def flow(a, runs):
     "Flow matching (lesson 07c): the toy diffusion recipe with the velocity loss on the straight path."
-    from diffcourse.data import get_dataloader
     from diffcourse.flow import flow_matching_loss, toy_flow_info
     from diffcourse.training import train
 
     p = a.args
-    g = seed_everything(0)
-    dl = get_dataloader(p['data'], batch_size=p['batch_size'], generator=g, drop_last=True, **p['loader'])
+    dl = data_loader(p)
     model = architecture(a.arch)(**a.config)
     loss_fn = lambda m, b: flow_matching_loss(m, b[0], time_sampling=p['time_sampling'])
     kw = dict(warmup=p['warmup'], ema_decay=p['ema_decay'], clip=p['clip'], ckpt=ckpt(runs, a.name), ckpt_every=500)
@@ -347,13 +349,11 @@ def reflow(a, runs):
 def consistency(a, runs):
     "Lesson 10b: consistency distillation from a v-teacher, or consistency training of a fresh network."
     from diffcourse.consistency import consistency_distillation, consistency_training
-    from diffcourse.data import get_dataloader
     from diffcourse.samplers import load_denoiser
     from diffcourse.schedules import Schedule
 
     p = a.args
-    g = seed_everything(0)
-    dl = get_dataloader(p['data'], batch_size=p['batch_size'], generator=g, drop_last=True, **p['loader'])
+    dl = data_loader(p)
     gen = torch.Generator().manual_seed(1)  # the levels and the noise of the loss (checkpointed by train)
     kw = dict(warmup=p['warmup'], seed=0, ckpt=ckpt(runs, a.name), ckpt_every=250, generator=gen)
     t0 = time.perf_counter()
