@@ -22,11 +22,11 @@ from diffcourse.core import (
 )
 
 # %% auto #0
-__all__ = ['FORMAT', 'ARTIFACTS', 'TOY_MLP', 'DIGITS_UNET', 'TOY', 'DIGITS', 'TRAIN', 'TOY_DESC', 'DIGITS_DESC', 'STUDENTS',
-           'FLOW', 'CONSISTENCY', 'MANIFEST', 'meta_json', 'architecture', 'architecture_name', 'check_config',
-           'config_of', 'check_tensors', 'build_checked', 'tokenizer_spec', 'tokenizer_from_spec', 'command', 'save',
-           'Loaded', 'read', 'load_file', 'Artifact', 'declare', 'artifact_path', 'load', 'describe', 'sha256',
-           'manifest']
+__all__ = ['FORMAT', 'ARTIFACTS', 'TOY_MLP', 'DIGITS_UNET', 'TOY', 'DIGITS', 'TRAIN', 'TOY_DESC', 'DIGITS_DESC', 'DREAMBOOTH',
+           'STUDENTS', 'FLOW', 'CONSISTENCY', 'MANIFEST', 'meta_json', 'architecture', 'architecture_name',
+           'check_config', 'config_of', 'check_tensors', 'build_checked', 'tokenizer_spec', 'tokenizer_from_spec',
+           'command', 'save', 'Loaded', 'read', 'load_file', 'Artifact', 'declare', 'artifact_path', 'load', 'describe',
+           'sha256', 'manifest']
 
 # %% ../nbs/00b_artifacts.ipynb #b00f9962
 FORMAT = 'diffcourse.artifact/1'  # the one format of every file the course ships
@@ -545,6 +545,22 @@ declare(
     'glyph_tiny_token', lesson='09b_textual_inversion', recipe='token',
     args=dict(token='<tiny>', em_max=0.66, steps=1000, lr=5e-3, batch_size=32),
     data='glyphs train split drawn with em < 0.66', needs=('glyph_vae', 'glyph_sd'),
+)  # fmt: skip
+DREAMBOOTH = dict(identifier='<sks>', em_max=0.66, batch_size=32, steps=600)  # lesson 09c: lesson 09b's concept
+declare(
+    'glyph_tiny_lora', lesson='09c_dreambooth', recipe='dreambooth',
+    args=dict(**DREAMBOOTH, rank=4, prior_weight=1.0, lr=1e-3), data='glyphs train split drawn with em < 0.66',
+    needs=('glyph_vae', 'glyph_sd'),
+)  # fmt: skip
+declare(
+    'glyph_tiny_lora_noprior', lesson='09c_dreambooth', recipe='dreambooth',
+    args=dict(**DREAMBOOTH, rank=4, prior_weight=0.0, lr=1e-3), data='glyphs train split drawn with em < 0.66',
+    needs=('glyph_vae', 'glyph_sd'),
+)  # fmt: skip
+declare(
+    'glyph_tiny_dreambooth', lesson='09c_dreambooth', recipe='dreambooth',
+    args=dict(**DREAMBOOTH, rank=None, prior_weight=1.0, lr=3e-4), data='glyphs train split drawn with em < 0.66',
+    needs=('glyph_vae', 'glyph_sd'),
 )  # fmt: skip
 
 # %% ../nbs/00b_artifacts.ipynb #c73e22d5

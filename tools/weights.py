@@ -251,7 +251,9 @@ def token(a, runs):
     g = load_glyphs('train')
     tiny = [i for i, at in enumerate(g.attrs) if at['em'] < p['em_max']]
     captions = [insert_token(g.captions[i], p['token']) for i in tiny]
+    t0 = time.process_time()
     v, st = learn_token(parts, g.images[tiny], captions, p['token'], p['steps'], p['lr'], p['batch_size'])
+    train_cpu_s = round(time.process_time() - t0, 1)
     chars = [c for c in GLYPH_CHARS for _ in range(4)]
     r = {}
     for name, prompts in (
@@ -263,8 +265,36 @@ def token(a, runs):
     r['real_tiny'] = round(ink_radius(g.images[tiny]).mean().item(), 4)
     r['real_all'] = round(ink_radius(g.images).mean().item(), 4)
     info = dict(concept=f"glyphs drawn with em < {p['em_max']}", images=len(tiny), steps=st.step)
-    info.update(final_loss=round(mean_last(st.losses, 100), 5), ink_radius=r)
+    info.update(final_loss=round(mean_last(st.losses, 100), 5), ink_radius=r, train_cpu_s=train_cpu_s)
     return Made({}, info, tensors={p['token']: v})
+
+
+@recipe
+def dreambooth(a, runs):
+    "Lesson 09c's DreamBooth runs on lesson 09b's concept: LoRA adapters or every U-Net weight, with or without prior."
+    from diffcourse import dreambooth as db
+    from diffcourse.data import load_glyphs
+    from diffcourse.inversion import insert_token
+    from diffcourse.latent import load_glyph_sd
+
+    seed_everything(0)
+    parts, p = load_glyph_sd(), a.args
+    g = load_glyphs('train')
+    tiny = [i for i, at in enumerate(g.attrs) if at['em'] < p['em_max']]
+    captions = [insert_token(g.captions[i], p['identifier']) for i in tiny]
+    t0 = time.process_time()
+    cls = db.class_images(parts, [g.captions[i] for i in tiny]) if p['prior_weight'] else None
+    t1 = time.process_time()
+    kw = dict(rank=p['rank'], prior_weight=p['prior_weight'], class_imgs=cls, steps=p['steps'], lr=p['lr'])
+    st = db.dreambooth(parts, g.images[tiny], captions, p['identifier'], batch_size=p['batch_size'], **kw)
+    t2 = time.process_time()
+    trained = sum(v.numel() for k, v in parts.unet.named_parameters() if p['rank'] is None or 'lora_' in k)
+    info = dict(identifier=p['identifier'], concept=f"glyphs drawn with em < {p['em_max']}", images=len(tiny))
+    info.update(steps=st.step, final_loss=round(mean_last(st.losses, 100), 5), trained_parameters=trained)
+    info.update(class_image_cpu_s=round(t1 - t0, 1), train_cpu_s=round(t2 - t1, 1))
+    if p['rank'] is None:
+        return Made({'unet': parts.unet.cpu().eval()}, info)
+    return Made({}, info, tensors=db.lora_state_dict(parts.unet))
 
 
 @recipe
