@@ -249,14 +249,10 @@ def bench_samplers(args, devices):
 
 # ---------------------------------------------------------------- 3. U-Net training throughput
 def digits_config():
-    """The shipped digits U-Net's configuration: the config nbs/00b_artifacts.ipynb declares for digits_unet
-    (imported; its main() is not run)."""
-    import importlib.util
+    "The shipped digits U-Net's configuration, as lesson 00b declares it for digits_unet."
+    from diffcourse.artifacts import ARTIFACTS
 
-    spec = importlib.util.spec_from_file_location('digits_unet_script', ROOT / 'tools' / 'weights' / 'digits_unet.py')
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
-    return script.CONFIG
+    return dict(ARTIFACTS['digits_unet'].config)
 
 
 def unet_pair(device):
@@ -285,18 +281,24 @@ def unet_pair(device):
     ), cfg
 
 
-def train_thunk(model, call, device, batch, steps):
-    "A thunk doing `steps` training steps (forward, MSE loss, backward, AdamW step) on a fixed random batch."
+def train_thunk(model, call, device, batch, steps, channels_last=False, bf16=False):
+    """A thunk doing `steps` training steps (forward, MSE loss, backward, AdamW step) on a fixed random batch;
+    optionally in channels-last memory format, or under bfloat16 autocast (the weights and the step stay float32)."""
+    import contextlib
     import torch
 
     g = torch.Generator().manual_seed(0)
     x, target = torch.randn(2, batch, 1, 16, 16, generator=g).to(device)  # (B, 1, 16, 16) each
     t = torch.randint(0, 1000, (batch,), generator=g).to(device)  # (B,)
+    if channels_last:
+        model, x = model.to(memory_format=torch.channels_last), x.contiguous(memory_format=torch.channels_last)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    cast = (lambda: torch.autocast(device, dtype=torch.bfloat16)) if bf16 else contextlib.nullcontext
 
     def run():
         for _ in range(steps):
-            loss = (call(model, x, t) - target).square().mean()
+            with cast():
+                loss = (call(model, x, t).float() - target).square().mean()
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -304,27 +306,200 @@ def train_thunk(model, call, device, batch, steps):
     return run
 
 
+UNET_LEVERS = dict(  # the throughput levers of issue 19, each on a fresh copy of our U-Net
+    channels_last=dict(channels_last=True),
+    bf16_autocast=dict(bf16=True),
+    compiled=dict(),
+)
+
+
+def _compiled(model):
+    "torch.compile(model), and whether it worked: one forward and backward compiles it, or says why it cannot."
+    import torch
+
+    try:
+        m = torch.compile(model)
+        m(torch.randn(2, 1, 16, 16), torch.tensor([1, 2])).square().mean().backward()
+        return m, None
+    except Exception as e:  # no C++ compiler, an unsupported op...: the lever is unavailable here, not fatal
+        return None, f'{type(e).__name__}: {str(e).splitlines()[0][:120]}'
+
+
+def _unet_models(device):
+    "name -> (model, call, lever options, why unavailable): ours, ours with each lever, diffusers' UNet2DModel."
+    import copy
+
+    pair, cfg = unet_pair(device)
+    (ours, call), (theirs, call_d) = pair['ours'], pair['diffusers']
+    models = dict(ours=(ours, call, {}, None))
+    for lever, opts in UNET_LEVERS.items():
+        m, why = _compiled(copy.deepcopy(ours)) if lever == 'compiled' else (copy.deepcopy(ours), None)
+        models[f'ours, {lever}'] = (m, call, opts, why)
+    models['diffusers'] = (theirs, call_d, {}, None)
+    return models, cfg
+
+
 def bench_unet(args, devices):
+    "Training images per second of our U-Net, with and without each lever, and of UNet2DModel, timed in turn."
     rows = []
     for device in devices:
         batch, steps = (64, 3) if device == 'cpu' else (256, 20)
-        pair, cfg = unet_pair(device)
-        fns = [train_thunk(m, call, device, batch, steps) for m, call in pair.values()]
-        secs = time_alternately(fns, device, args.rounds)
-        ips = [batch * steps / s for s in secs]
-        for (side, (m, _)), v in zip(pair.items(), ips):
+        models, cfg = _unet_models(device)
+        live = {k: v for k, v in models.items() if v[3] is None}
+        fns = [train_thunk(m, call, device, batch, steps, **opts) for m, call, opts, _ in live.values()]
+        ips = dict(zip(live, (batch * steps / s for s in time_alternately(fns, device, args.rounds))))
+        for name, (m, _, _, why) in models.items():
             rows.append(
                 dict(
-                    model=side,
+                    model=name,
                     device=device,
                     batch=batch,
-                    params=sum(p.numel() for p in m.parameters()),
-                    images_per_s=round(v, 1),
-                    ratio=round(ips[0] / ips[1], 2) if side == 'ours' else None,
-                    peak_mb=peak_memory('unet', side, device, batch),
-                    config=cfg if side == 'ours' else None,
+                    params=sum(p.numel() for p in (m or models['ours'][0]).parameters()),
+                    images_per_s=round(ips[name], 1) if name in ips else None,
+                    ratio=round(ips[name] / ips['diffusers'], 2) if name in ips and name != 'diffusers' else None,
+                    goal=2.0 if name != 'diffusers' else None,
+                    peak_mb=peak_memory('unet', name, device, batch) if name in ('ours', 'diffusers') else None,
+                    unavailable=why,
+                    config=cfg if name == 'ours' else None,
                 )
             )
+    return rows
+
+
+# ---------------------------------------------------------------- 5. quality at a fixed CPU budget
+BUDGET_S = 240.0  # CPU seconds of training per run, one thread
+BUDGET_SEEDS = (0, 1, 2)  # one training run per seed and side; a seed fixes the init, the data order and the noise
+BUDGET_STEPS = (10, 20, 50, 100)  # DDIM steps the FIDs are measured at
+HF_LR = 4e-4  # the Hugging Face course's recipe: AdamW at a constant 4e-4, no warm-up, no EMA, no clipping
+BUDGET_RECIPES = dict(  # the course's sides: the declared recipe each follows (lesson 00b), one lever apart
+    course='digits_unet',  # epsilon on the linear schedule (lesson 04)
+    course_v='digits_unet_v',  # v on the cosine schedule (lesson 10's teacher): issue 19's first recipe lever
+)
+
+
+def _digits_batches(seed):
+    "The shipped digits recipes' data: the train split at 16x16 in batches of 64, shuffled by `seed`."
+    from diffcourse.core import seed_everything
+    from diffcourse.data import get_dataloader
+
+    g = seed_everything(seed)
+    return get_dataloader('digits', batch_size=64, split='train', size=16, generator=g, drop_last=True)
+
+
+def _train_course(seed, budget, t0, name='digits_unet'):
+    """A course digits recipe (lesson 04's loss and loop, as declared for `name`): its learning-rate decay is planned
+    for the steps the budget allows, from a median step time measured on a copy (which the budget pays for)."""
+    import copy
+    import torch
+    from diffcourse.artifacts import ARTIFACTS, architecture
+    from diffcourse.samplers import Denoiser, sample
+    from diffcourse.schedules import Schedule
+    from diffcourse.training import ddpm_loss, train
+
+    a = ARTIFACTS[name]
+    p, schedule = a.args, Schedule.from_name(a.schedule, T=a.T)
+    loss_fn = lambda m, b: ddpm_loss(m, b[0], schedule, a.prediction_type)
+    model = architecture(a.arch)(**a.config)
+    marks = []
+    train(copy.deepcopy(model), loss_fn, _digits_batches(seed), 8, p['lr'], progress=False,
+          callback=lambda s: marks.append(time.process_time()))  # fmt: skip
+    per_step = statistics.median(b - a for a, b in zip(marks, marks[1:]))
+    steps = max(1, int((budget - (time.process_time() - t0)) / per_step))
+    stop = lambda s: time.process_time() - t0 >= budget
+    kw = dict(warmup=p['warmup'], ema_decay=p['ema_decay'], clip=1.0, seed=seed, progress=False, callback=stop)
+    st = train(model, loss_fn, _digits_batches(seed), steps, p['lr'], **kw)
+    den = Denoiser(st.ema.eval(), schedule, a.prediction_type)
+    return lambda n, N, g: sample('ddim', den, (N, 1, 16, 16), n, generator=g), st.step
+
+
+def _train_diffusers(seed, budget, t0):
+    """The Hugging Face course's recipe: UNet2DModel of the same shape, DDPMScheduler's noise, MSE on the noise,
+    AdamW at a constant 4e-4; sampled with DDIMScheduler built from the same config."""
+    import torch
+    import torch.nn.functional as F
+    from diffusers import DDIMScheduler, DDPMScheduler
+
+    torch.manual_seed(seed)
+    model = unet_pair('cpu')[0]['diffusers'][0].train()
+    sched = DDPMScheduler(num_train_timesteps=1000)
+    opt = torch.optim.AdamW(model.parameters(), lr=HF_LR)
+    g, steps, dl = torch.Generator().manual_seed(seed), 0, _digits_batches(seed)
+    while time.process_time() - t0 < budget:
+        for x0, _ in dl:
+            noise = torch.randn(x0.shape, generator=g)
+            t = torch.randint(0, sched.config.num_train_timesteps, (len(x0),), generator=g)
+            loss = F.mse_loss(model(sched.add_noise(x0, noise, t), t).sample, noise)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            steps += 1
+            if time.process_time() - t0 >= budget:
+                break
+    model.eval()
+    ddim = DDIMScheduler.from_config(sched.config)
+
+    def draw(n, N, g):
+        ddim.set_timesteps(n)
+        x = torch.randn(N, 1, 16, 16, generator=g)
+        for t in ddim.timesteps:
+            x = ddim.step(model(x, t).sample, t, x).prev_sample
+        return x
+
+    return draw, steps
+
+
+def budget_child(side, seed, budget):
+    "(child process, one thread) Train `side` for `budget` CPU-seconds; the FID of 500 DDIM samples per step count."
+    import torch
+    from diffcourse.metrics import FID_N, fid
+
+    torch.set_num_threads(1)
+    t0 = time.process_time()
+    if side in BUDGET_RECIPES:
+        draw, steps = _train_course(seed, budget, t0, BUDGET_RECIPES[side])
+    else:
+        draw, steps = _train_diffusers(seed, budget, t0)
+    train_s = time.process_time() - t0
+    with torch.no_grad():
+        x = {n: draw(n, FID_N, torch.Generator().manual_seed(1000 + seed)).clamp(-1, 1) for n in BUDGET_STEPS}
+    return dict(side=side, seed=seed, optimizer_steps=steps, train_cpu_s=round(train_s, 1),
+                fid={str(n): round(fid(v), 4) for n, v in x.items()})  # fmt: skip
+
+
+def bench_budget(args, devices):
+    """Both recipes, every seed, each in a fresh one-thread process, two at a time; per step count, the FIDs' mean and
+    standard error over seeds, the ratio of the means, and lesson 06's paired rule (a seed pairs the sampling noise)."""
+    from diffcourse.core import compare, mean_se
+    from diffcourse.metrics import fid_floor
+
+    sides = [*BUDGET_RECIPES, 'diffusers']
+    jobs = [(side, s) for s in BUDGET_SEEDS for side in sides]
+    env = {**os.environ, 'OMP_NUM_THREADS': '1', 'IN_TEST': '1'}
+
+    def run(job):
+        cmd = [sys.executable, __file__, '--_budget', job[0], str(job[1]), str(args.budget)]
+        r = subprocess.run(cmd, capture_output=True, text=True, env=env)
+        if r.returncode:
+            raise RuntimeError(f'{job}: {r.stderr.strip()[-500:]}')
+        return json.loads(r.stdout.strip().splitlines()[-1])
+
+    with ThreadPoolExecutor(args.jobs) as pool:
+        runs = list(pool.map(run, jobs))
+    floor = fid_floor()
+    fids = lambda side, n: [r['fid'][n] for r in runs if r['side'] == side]  # in seed order: the pairs
+    rows = []
+    for n in map(str, BUDGET_STEPS):
+        md, sd = mean_se(fids('diffusers', n))
+        for side in BUDGET_RECIPES:
+            (mc, sc), c = mean_se(fids(side, n)), compare(fids(side, n), fids('diffusers', n), paired=True)
+            row = dict(
+                ddim_steps=int(n), recipe=side, fid=f'{mc:.3f} +- {sc:.3f}', fid_diffusers=f'{md:.3f} +- {sd:.3f}'
+            )
+            row.update(ratio=round(md / mc, 2), verdict=c.verdict, interval=[round(c.lo, 3), round(c.hi, 3)])
+            rows.append(row)
+    steps = {side: [r['optimizer_steps'] for r in runs if r['side'] == side] for side in sides}
+    rows[0].update(budget_cpu_s=args.budget, seeds=len(BUDGET_SEEDS), optimizer_steps=steps, runs=runs)
+    rows[0].update(floor=f"{floor['mean']:.3f} +- {floor['std']:.3f}", recipes=BUDGET_RECIPES, hf_lr=HF_LR)
     return rows
 
 
@@ -404,7 +579,7 @@ def table(rows, cols):
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument('--only', default='notebooks,samplers,unet', help='comma-separated parts to run')
+    p.add_argument('--only', default='notebooks,samplers,unet,budget', help='comma-separated parts to run')
     p.add_argument('--nbs', default='', help='only notebooks whose name starts with one of these (comma-separated)')
     p.add_argument(
         '--modes',
@@ -415,6 +590,7 @@ def main():
     p.add_argument('--jobs', type=int, default=2, help='notebooks executed at a time in CI mode (CI: 2)')
     p.add_argument('--threads', type=int, default=1, help='OMP_NUM_THREADS of each notebook kernel in CI mode (CI: 1)')
     p.add_argument('--rounds', type=int, default=5, help='timed repetitions of each sampler / training measurement')
+    p.add_argument('--budget', type=float, default=BUDGET_S, help='CPU seconds of training per run in the budget part')
     p.add_argument('--out', default=str(RESULTS), help='results file (lessons\' cost cells follow only the default)')
     args = p.parse_args()
     if set(args.modes.split(',')) - set(MODES):
@@ -453,7 +629,14 @@ def main():
                 'peak_mb_diffusers',
             ],
         ),
-        unet=(bench_unet, ['model', 'device', 'batch', 'params', 'images_per_s', 'ratio', 'peak_mb']),
+        unet=(
+            bench_unet,
+            ['model', 'device', 'batch', 'params', 'images_per_s', 'ratio', 'goal', 'peak_mb', 'unavailable'],
+        ),
+        budget=(
+            bench_budget,
+            ['ddim_steps', 'recipe', 'fid', 'fid_diffusers', 'ratio', 'verdict', 'interval', 'floor'],
+        ),
     )
     bad = set(args.only.split(',')) - set(parts)
     if bad:
@@ -473,6 +656,8 @@ def main():
 if __name__ == '__main__':
     if sys.argv[1:2] == ['--_execute']:
         execute_notebook(sys.argv[2])
+    elif sys.argv[1:2] == ['--_budget']:
+        print(json.dumps(budget_child(sys.argv[2], int(sys.argv[3]), float(sys.argv[4]))))
     elif sys.argv[1:2] == ['--_peak']:
         print(json.dumps(measure_peak(*sys.argv[2:6])))
     else:
