@@ -354,7 +354,7 @@ def bench_unet(args, devices):
                     model=name,
                     device=device,
                     batch=batch,
-                    params=sum(p.numel() for p in (m or models['ours'][0]).parameters()),
+                    params=sum(p.numel() for p in (models['ours'][0] if m is None else m).parameters()),
                     images_per_s=round(ips[name], 1) if name in ips else None,
                     ratio=round(ips[name] / ips['diffusers'], 2) if name in ips and name != 'diffusers' else None,
                     goal=2.0 if name != 'diffusers' else None,
@@ -495,7 +495,8 @@ def bench_budget(args, devices):
             row = dict(
                 ddim_steps=int(n), recipe=side, fid=f'{mc:.3f} +- {sc:.3f}', fid_diffusers=f'{md:.3f} +- {sd:.3f}'
             )
-            row.update(ratio=round(md / mc, 2), verdict=c.verdict, interval=[round(c.lo, 3), round(c.hi, 3)])
+            interval = [round(float(c.lo), 3), round(float(c.hi), 3)]
+            row.update(ratio=round(md / mc, 2), verdict=c.verdict, interval=interval)
             rows.append(row)
     steps = {side: [r['optimizer_steps'] for r in runs if r['side'] == side] for side in sides}
     rows[0].update(budget_cpu_s=args.budget, seeds=len(BUDGET_SEEDS), optimizer_steps=steps, runs=runs)

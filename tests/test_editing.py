@@ -16,7 +16,15 @@ from diffcourse.core import randn
 from diffcourse.data import load_glyphs
 from diffcourse.editing import InverseDDIM, ddim_invert, edit, inpaint, latent_mask, rms, swap_char
 from diffcourse.guidance import cfg_combine
-from diffcourse.latent import SDParts, encode_images, encode_prompt, glyph_scheduler, load_glyph_sd, text_to_image
+from diffcourse.latent import (
+    SDParts,
+    encode_images,
+    encode_prompt,
+    glyph_scheduler,
+    load_glyph_sd,
+    text_to_image,
+    to_pipeline,
+)
 
 warnings.filterwarnings('ignore', message='.*safety checker.*')
 
@@ -124,16 +132,7 @@ def test_edit_with_the_same_prompt_is_a_reconstruction(spacing):
 
 
 def inpaint_pipe(sd):
-    pipe = StableDiffusionInpaintPipeline(
-        vae=sd.vae,
-        text_encoder=sd.text_encoder,
-        tokenizer=sd.tokenizer,
-        unet=sd.unet,
-        scheduler=sd.scheduler,
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    )
+    pipe = StableDiffusionInpaintPipeline(**to_pipeline(sd).components, requires_safety_checker=False)  # same parts
     pipe.set_progress_bar_config(disable=True)
     return pipe
 

@@ -238,19 +238,28 @@ def _sd_accuracy(tok, te, unet, vae) -> dict:
     return acc
 
 
+def tiny_concept(em_max: float, word: str) -> tuple:
+    "Lessons 09b and 09c's concept (seeded): the glyphs, which are drawn with em < em_max, their captions with `word`."
+    from diffcourse.data import load_glyphs
+    from diffcourse.inversion import insert_token
+
+    seed_everything(0)
+    g = load_glyphs('train')
+    tiny = [i for i, at in enumerate(g.attrs) if at['em'] < em_max]
+    return g, tiny, [insert_token(g.captions[i], word) for i in tiny]
+
+
 @recipe
 def token(a, runs):
     "Lesson 09b's textual inversion: one new word for the smallest-drawn training glyphs; the ink radii it gives."
     from diffcourse.clip import char_prompt
-    from diffcourse.data import GLYPH_CHARS, load_glyphs
+    from diffcourse.data import GLYPH_CHARS
     from diffcourse.inversion import ink_radius, insert_token, learn_token
     from diffcourse.latent import load_glyph_sd, text_to_image
 
-    seed_everything(0)
-    parts, p = load_glyph_sd(), a.args
-    g = load_glyphs('train')
-    tiny = [i for i, at in enumerate(g.attrs) if at['em'] < p['em_max']]
-    captions = [insert_token(g.captions[i], p['token']) for i in tiny]
+    p = a.args
+    g, tiny, captions = tiny_concept(p['em_max'], p['token'])  # seeds first, as every recipe does
+    parts = load_glyph_sd()
     t0 = time.process_time()
     v, st = learn_token(parts, g.images[tiny], captions, p['token'], p['steps'], p['lr'], p['batch_size'])
     train_cpu_s = round(time.process_time() - t0, 1)
@@ -273,15 +282,11 @@ def token(a, runs):
 def dreambooth(a, runs):
     "Lesson 09c's DreamBooth runs on lesson 09b's concept: LoRA adapters or every U-Net weight, with or without prior."
     from diffcourse import dreambooth as db
-    from diffcourse.data import load_glyphs
-    from diffcourse.inversion import insert_token
     from diffcourse.latent import load_glyph_sd
 
-    seed_everything(0)
-    parts, p = load_glyph_sd(), a.args
-    g = load_glyphs('train')
-    tiny = [i for i, at in enumerate(g.attrs) if at['em'] < p['em_max']]
-    captions = [insert_token(g.captions[i], p['identifier']) for i in tiny]
+    p = a.args
+    g, tiny, captions = tiny_concept(p['em_max'], p['identifier'])  # seeds first, as every recipe does
+    parts = load_glyph_sd()
     t0 = time.process_time()
     cls = db.class_images(parts, [g.captions[i] for i in tiny]) if p['prior_weight'] else None
     t1 = time.process_time()
