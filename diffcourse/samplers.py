@@ -109,7 +109,6 @@ def timesteps(
         neg_logsnr = 2 * np.log(sigma)  # -logsnr = 2 log sigma
     return np.interp(neg_logsnr, self._neg_logsnr, np.arange(len(self._neg_logsnr)))
 
-
 # %% ../nbs/07_samplers.ipynb #df8be6fa
 def _steps(sigmas, progress: bool):
     "The step indices 0..N-1 of a walk along N+1 noise levels, after checking them."
@@ -325,7 +324,6 @@ def dpm_sigmas(schedule, steps: int) -> torch.Tensor:
     "DPM-Solver's default noise levels: timesteps `linspace`d over steps + 1 points, the last (0) dropped, then 0."
     _check_builder(schedule, steps)
     return timestep_sigmas(schedule, linspace_timesteps(int(steps) + 1, schedule.T)[:-1])
-
 
 # %% ../nbs/07_samplers.ipynb #4ced2d22
 SAMPLERS = dict(ddpm=sample_ddpm, ddim=sample_ddim, euler=sample_euler, heun=sample_heun, dpmpp_2m=sample_dpmpp_2m)

@@ -31,11 +31,11 @@ from .distill import METHODS, distill_sigmas, sample_steps, student_name
 from .consistency import CM_METHODS, consistency_name, sample_consistency
 
 # %% auto #0
-__all__ = ['TABLE_EVALS', 'SAMPLER_TABLE_PATH', 'SAMPLER_SETUPS', 'DISTILL_TABLE_PATH', 'DISTILL_SETUPS', 'DISTILL_ROWS',
-           'PLOT_STYLES', 'CONSISTENCY_TABLE_PATH', 'JOINT_SEEDS', 'JOINT_ROWS', 'weights_id', 'fid_digits',
-           'sw_to_mixture', 'table_setup', 'sampler_table', 'load_sampler_table', 'plot_sampler_table', 'row_name',
-           'row_model', 'distill_table', 'load_distill_table', 'stale_rows', 'table_value', 'plot_distill_table',
-           'joint_rows', 'joint_table', 'load_joint_table']
+__all__ = ['TABLE_EVALS', 'TABLE_SEEDS', 'SAMPLER_TABLE_PATH', 'SAMPLER_SETUPS', 'DISTILL_TABLE_PATH', 'DISTILL_SETUPS',
+           'DISTILL_ROWS', 'PLOT_STYLES', 'CONSISTENCY_TABLE_PATH', 'JOINT_SEEDS', 'JOINT_ROWS', 'weights_id',
+           'fid_digits', 'sw_to_mixture', 'table_setup', 'sampler_table', 'load_sampler_table', 'plot_sampler_table',
+           'row_name', 'row_model', 'distill_table', 'load_distill_table', 'stale_rows', 'table_value',
+           'plot_distill_table', 'joint_rows', 'joint_table', 'load_joint_table']
 
 # %% ../nbs/11_tables.ipynb #636c3463
 def _tensor_digest(raw: bytes) -> str:
@@ -80,6 +80,7 @@ def sw_to_mixture(
 
 # %% ../nbs/11_tables.ipynb #ae70e0ba
 TABLE_EVALS = (1000, 250, 100, 50, 20, 10, 5)  # the budgets of network evaluations of lesson 07's table
+TABLE_SEEDS = (0, 1, 2)  # every cell of lesson 07's table from the noise of each: its mean and spread
 SAMPLER_TABLE_PATH = WEIGHTS_DIR / 'sampler_table.json'  # the full table, written by tools/tables/samplers.py
 
 SAMPLER_SETUPS = {  # name -> shipped model, metric factory (lower is better), shape of one sample, samples per cell
@@ -369,18 +370,24 @@ def _check_seeds(seeds) -> tuple:
     return tuple(int(s) for s in seeds)
 
 # %% ../nbs/11_tables.ipynb #80fb8cbf
+_MEASURED = ('value', 'seconds')  # what differs from seed to seed in a row; every other field names the row
+
+
 def joint_rows(
-    per_seed: list,  # one `distill_table` (the same rows) per seed
+    per_seed: list,  # one table (the same rows: `distill_table`'s or `sampler_table`'s) per seed
     seeds,  # those seeds
-) -> list:  # one dict(method, steps, value (the mean), se, values, seeds, seconds, weights) per row
+) -> list:  # each row's own fields, then value (the mean), se, values, seeds, seconds (the mean)
     "Rows measured once per seed, combined: each with its mean, standard error and every value."
     out = []
     for k, r in enumerate(per_seed[0]):
+        name = {f: v for f, v in r.items() if f not in _MEASURED}
+        for s, p in zip(seeds, per_seed):
+            if {f: v for f, v in p[k].items() if f not in _MEASURED} != name:
+                raise ValueError(f"row {k} of seed {s} is {p[k]!r}, not the row {name!r} of the first seed")
         values = [p[k]['value'] for p in per_seed]
         mean, se = mean_se(values)
         seconds = round(sum(p[k]['seconds'] for p in per_seed) / len(per_seed), 2)
-        row = dict(method=r['method'], steps=r['steps'], value=mean, se=se, values=values, seeds=list(seeds))
-        out.append(dict(row, seconds=seconds, weights=r['weights']))
+        out.append(dict(name, value=mean, se=se, values=values, seeds=list(seeds), seconds=seconds))
     return out
 
 # %% ../nbs/11_tables.ipynb #c0f4ae6b

@@ -258,6 +258,20 @@ def test_sampler_table_rows():
     }
 
 
+def test_shipped_sampler_table_holds_every_seed_of_every_cell():
+    import numpy as np
+    from diffcourse.tables import TABLE_SEEDS, SAMPLER_SETUPS
+
+    for name, t in load_sampler_table()['tables'].items():
+        assert t['seed'] == list(TABLE_SEEDS) and t['n'] == SAMPLER_SETUPS[name]['n']
+        for r in t['rows']:
+            v = np.asarray(r['values'])
+            assert r['seeds'] == list(TABLE_SEEDS) and len(v) == len(TABLE_SEEDS)  # the seeds pair the cells
+            np.testing.assert_allclose([r['value'], r['se']], [v.mean(), v.std(ddof=1) / len(v) ** 0.5], rtol=1e-12)
+        budgets = {r['budget'] for r in t['rows'] if r['sampler'] == 'ddim'}
+        assert {r['sampler'] for r in t['rows']} == set(SAMPLERS) and len(budgets) >= 6
+
+
 # ---- precision: steps from sigma ~ 2e4 (the cosine schedule with T = 1024, lesson 10's) ----
 COSINE = Schedule.from_name('cosine', T=1024)  # sigma_max = 2.1e4 at t = 1023
 
