@@ -15,10 +15,15 @@
    UNet2DModel built to the same widths, depths and attention levels, timed alternately in this one run.
 4. peak memory of every sampler and U-Net measurement, in a fresh process each: on CPU the peak resident set above
    the set-up's (Linux /proc/self VmHWM, reset first), on GPU torch.cuda.max_memory_allocated above the set-up's.
+5. budget: the course's digits recipes against the Hugging Face course's, each trained for --budget CPU seconds on
+   one thread (seeds 0, 1, 2); FID of 500 DDIM samples at 10, 20, 50 and 100 steps, compared pair by pair.
+6. levers: issue 19's recipe levers, one change each to the v-on-cosine recipe, at the same budget, beside the
+   shipped digits U-Net; resumable (runs in the results file are kept), --sides picks some.
 
 Where a CUDA GPU is present, 2-4 are measured on it too; every row names its device. The table is printed and
 written to benchmarks/results.json (a partial run, e.g. --only unet, replaces only its own part; --nbs or --modes
-replace only the rows they measured). Options: --only notebooks,samplers,unet  --nbs 00_core,01_data  --modes ci,learner
+replace only the rows they measured). Options: --only notebooks,samplers,unet,budget,levers (default: all but levers)
+--nbs 00_core,01_data  --modes ci,learner
 --jobs 2 (CI mode)  --out FILE (then the lessons are left alone)
 """
 
@@ -377,37 +382,96 @@ BUDGET_RECIPES = dict(  # the course's sides: the declared recipe each follows (
 )
 
 
-def _digits_batches(seed):
-    "The shipped digits recipes' data: the train split at 16x16 in batches of 64, shuffled by `seed`."
+LEVERS = dict(  # issue 19's recipe levers, each one change to course_v (v on the cosine schedule, 240 CPU-s)
+    v_base=dict(),  # course_v itself, measured beside its levers
+    v_min_snr=dict(weighting='min_snr'),  # min-SNR-5 weighting (Hang et al. 2023)
+    v_lognormal=dict(t_dist='lognormal'),  # EDM's training noise distribution (Karras et al. 2022)
+    v_lr4e3=dict(lr=4e-3),  # twice the peak learning rate
+    v_bs32=dict(batch_size=32),  # more, smaller steps
+    v_bs128=dict(batch_size=128),  # fewer, larger steps
+    v_bf16=dict(autocast='bf16'),  # bfloat16 autocast: the throughput lever, for its quality
+)
+SHIPPED = dict(shipped_eps='digits_unet', shipped_v='digits_unet_v')  # the references: what the course ships
+LEVER_STEPS = (20, 100)  # DDIM steps the levers' FIDs are measured at
+
+
+def _digits_batches(seed, batch_size=64):
+    "The shipped digits recipes' data: the train split at 16x16 in batches of `batch_size`, shuffled by `seed`."
     from diffcourse.core import seed_everything
     from diffcourse.data import get_dataloader
 
     g = seed_everything(seed)
-    return get_dataloader('digits', batch_size=64, split='train', size=16, generator=g, drop_last=True)
+    return get_dataloader('digits', batch_size=batch_size, split='train', size=16, generator=g, drop_last=True)
 
 
-def _train_course(seed, budget, t0, name='digits_unet'):
-    """A course digits recipe (lesson 04's loss and loop, as declared for `name`): its learning-rate decay is planned
-    for the steps the budget allows, from a median step time measured on a copy (which the budget pays for)."""
-    import copy
+def _lever_loss(schedule, prediction_type, weighting=None, t_dist=None, gamma=5.0, p_mean=-1.2, p_std=1.2):
+    """Lesson 04's `ddpm_loss` with two recipe levers: `weighting='min_snr'` (Hang et al. 2023: each sample's loss
+    on x0 weighted by min(SNR, gamma), i.e. the v-loss by min(SNR, gamma) / (SNR + 1)) and `t_dist='lognormal'`
+    (EDM's training noise levels, Karras et al. 2022: ln sigma ~ N(p_mean, p_std^2), sigma^2 = (1 - abar) / abar,
+    taken to the first level of the schedule at or above it)."""
+    import torch
+    from diffcourse.schedules import q_sample, prediction_target
+    from diffcourse.training import min_snr_weight
+
+    abar = schedule.abar
+    snr = abar / (1 - abar)  # (T,)
+    log_sigma = -0.5 * snr.log()  # (T,) increasing in t
+
+    def loss_fn(model, batch):
+        x0 = batch[0]
+        if t_dist == 'lognormal':
+            ls = torch.randn(len(x0)) * p_std + p_mean
+            t = torch.searchsorted(log_sigma, ls).clamp(0, len(abar) - 1)
+        else:
+            t = torch.randint(0, len(abar), (len(x0),))
+        eps = torch.randn_like(x0)
+        x_t = q_sample(x0, t, eps, abar)
+        per = (model(x_t, t) - prediction_target(x0, eps, abar[t], prediction_type)).pow(2).flatten(1).mean(1)
+        if weighting == 'min_snr':
+            per = per * min_snr_weight(abar[t], prediction_type, gamma)  # lesson 04's weight
+        return per.mean()
+
+    return loss_fn
+
+
+def _train_course(seed, budget, t0, name='digits_unet', lever=None):
+    """A course digits recipe (lesson 04's loss and loop, as declared for `name`, changed by `lever`): its learning-rate
+    decay is planned for the steps the budget allows, from a median step time measured on a copy (which the budget
+    pays for)."""
+    import contextlib, copy
     import torch
     from diffcourse.artifacts import ARTIFACTS, architecture
     from diffcourse.samplers import Denoiser, sample
     from diffcourse.schedules import Schedule
     from diffcourse.training import ddpm_loss, train
 
+    lever = dict(lever or {})
     a = ARTIFACTS[name]
-    p, schedule = a.args, Schedule.from_name(a.schedule, T=a.T)
-    loss_fn = lambda m, b: ddpm_loss(m, b[0], schedule, a.prediction_type)
-    model = architecture(a.arch)(**a.config)
+    p = {**a.args, **{k: lever.pop(k) for k in ('lr', 'batch_size', 'warmup', 'ema_decay') if k in lever}}
+    schedule = Schedule.from_name(a.schedule, T=a.T)
+    config = {**a.config, **lever.pop('config', {})}
+    bf16 = lever.pop('autocast', None) == 'bf16'
+    if lever:
+        loss_fn = _lever_loss(schedule, a.prediction_type, **lever)
+    else:
+        loss_fn = lambda m, b: ddpm_loss(m, b[0], schedule, a.prediction_type)
+    if bf16:
+        plain = loss_fn
+
+        def loss_fn(m, b):
+            with torch.autocast('cpu', dtype=torch.bfloat16):
+                return plain(m, b).float()
+
+    model = architecture(a.arch)(**config)
     marks = []
-    train(copy.deepcopy(model), loss_fn, _digits_batches(seed), 8, p['lr'], progress=False,
+    bs = p['batch_size']
+    train(copy.deepcopy(model), loss_fn, _digits_batches(seed, bs), 8, p['lr'], progress=False,
           callback=lambda s: marks.append(time.process_time()))  # fmt: skip
     per_step = statistics.median(b - a for a, b in zip(marks, marks[1:]))
     steps = max(1, int((budget - (time.process_time() - t0)) / per_step))
     stop = lambda s: time.process_time() - t0 >= budget
     kw = dict(warmup=p['warmup'], ema_decay=p['ema_decay'], clip=1.0, seed=seed, progress=False, callback=stop)
-    st = train(model, loss_fn, _digits_batches(seed), steps, p['lr'], **kw)
+    st = train(model, loss_fn, _digits_batches(seed, bs), steps, p['lr'], **kw)
     den = Denoiser(st.ema.eval(), schedule, a.prediction_type)
     return lambda n, N, g: sample('ddim', den, (N, 1, 16, 16), n, generator=g), st.step
 
@@ -448,7 +512,15 @@ def _train_diffusers(seed, budget, t0):
     return draw, steps
 
 
-def budget_child(side, seed, budget):
+def _shipped(name):
+    "Sampling a shipped digits model (no training): the quality the fast recipe is measured against."
+    from diffcourse.samplers import load_denoiser, sample
+
+    den = load_denoiser(name, 'cpu')
+    return lambda n, N, g: sample('ddim', den, (N, 1, 16, 16), n, generator=g), 0
+
+
+def budget_child(side, seed, budget, at=BUDGET_STEPS):
     "(child process, one thread) Train `side` for `budget` CPU-seconds; the FID of 500 DDIM samples per step count."
     import torch
     from diffcourse.metrics import FID_N, fid
@@ -457,11 +529,15 @@ def budget_child(side, seed, budget):
     t0 = time.process_time()
     if side in BUDGET_RECIPES:
         draw, steps = _train_course(seed, budget, t0, BUDGET_RECIPES[side])
+    elif side in LEVERS:
+        draw, steps = _train_course(seed, budget, t0, 'digits_unet_v', LEVERS[side])
+    elif side in SHIPPED:
+        draw, steps = _shipped(SHIPPED[side])
     else:
         draw, steps = _train_diffusers(seed, budget, t0)
     train_s = time.process_time() - t0
     with torch.no_grad():
-        x = {n: draw(n, FID_N, torch.Generator().manual_seed(1000 + seed)).clamp(-1, 1) for n in BUDGET_STEPS}
+        x = {n: draw(n, FID_N, torch.Generator().manual_seed(1000 + seed)).clamp(-1, 1) for n in at}
     return dict(side=side, seed=seed, optimizer_steps=steps, train_cpu_s=round(train_s, 1),
                 fid={str(n): round(fid(v), 4) for n, v in x.items()})  # fmt: skip
 
@@ -501,6 +577,66 @@ def bench_budget(args, devices):
     steps = {side: [r['optimizer_steps'] for r in runs if r['side'] == side] for side in sides}
     rows[0].update(budget_cpu_s=args.budget, seeds=len(BUDGET_SEEDS), optimizer_steps=steps, runs=runs)
     rows[0].update(floor=f"{floor['mean']:.3f} +- {floor['std']:.3f}", recipes=BUDGET_RECIPES, hf_lr=HF_LR)
+    return rows
+
+
+def bench_levers(args, devices):
+    """Issue 19's levers: each recipe of LEVERS trained for the budget, and the shipped models sampled, every seed of
+    BUDGET_SEEDS in a fresh one-thread process, two at a time; FID at LEVER_STEPS. Runs already in the results file
+    (same side, seed and budget) are kept, so an interrupted part resumes; the rows compare each side at 100 steps
+    with course_v's recipe (v_base) and with the shipped eps model, pairing by seed (the same sampling noise)."""
+    from diffcourse.core import compare, mean_se
+
+    sides = args.sides.split(',') if args.sides else [*LEVERS, *SHIPPED]
+    bad = set(sides) - set(LEVERS) - set(SHIPPED)
+    if bad:
+        raise SystemExit(f'unknown --sides {sorted(bad)}; valid choices are {[*LEVERS, *SHIPPED]}')
+    old = json.loads(Path(args.out).read_text()).get('levers', []) if Path(args.out).exists() else []
+    kept = {
+        (r['side'], r['seed']): r for r in (old[0].get('runs', []) if old else []) if r.get('budget') == args.budget
+    }
+    # a trained run that used under 95% of its budget planned its learning-rate decay from a step time measured under
+    # more load than it then ran with: it is kept aside (with the reason) and run again
+    short = [r for r in kept.values() if r['side'] in LEVERS and r['train_cpu_s'] < 0.95 * args.budget]
+    superseded = (old[0].get('superseded', []) if old else []) + [
+        dict(r, why='used < 95% of the budget') for r in short
+    ]
+    kept = {k: r for k, r in kept.items() if r not in short}
+    env = {**os.environ, 'OMP_NUM_THREADS': '1', 'IN_TEST': '1'}
+    at = ','.join(map(str, LEVER_STEPS))
+
+    def run(job):
+        cmd = [sys.executable, __file__, '--_budget', job[0], str(job[1]), str(args.budget), at]
+        r = subprocess.run(cmd, capture_output=True, text=True, env=env)
+        if r.returncode:
+            raise RuntimeError(f'{job}: {r.stderr.strip()[-500:]}')
+        return dict(json.loads(r.stdout.strip().splitlines()[-1].lstrip('\u2588')), budget=args.budget)
+
+    seeds = [int(s) for s in args.seeds.split(',')] if args.seeds else list(BUDGET_SEEDS)
+    jobs = [(side, s) for s in seeds for side in sides if (side, s) not in kept]
+    with ThreadPoolExecutor(args.jobs) as pool:
+        kept.update({(r['side'], r['seed']): r for r in pool.map(run, jobs)})
+    runs = sorted(kept.values(), key=lambda r: ([*LEVERS, *SHIPPED].index(r['side']), r['seed']))
+    fid = {(r['side'], r['seed'], n): r['fid'][n] for r in runs for n in r['fid']}
+    seeds_of = lambda side: [r['seed'] for r in runs if r['side'] == side]
+    rows = []
+    for side in dict.fromkeys(r['side'] for r in runs):  # a side with fewer than 3 seeds is a screen: no rule
+        row = dict(side=side, lever=json.dumps(LEVERS.get(side, SHIPPED.get(side))), seeds=seeds_of(side))
+        full = len(seeds_of(side)) >= 3
+        for n in map(str, LEVER_STEPS):
+            v = [fid[(side, s, n)] for s in seeds_of(side)]
+            row[f'fid_{n}'] = '{:.3f} +- {:.3f}'.format(*mean_se(v)) if full else f'{v} (screen)'
+        row['optimizer_steps'] = [r['optimizer_steps'] for r in runs if r['side'] == side]
+        for ref in ('v_base', 'shipped_eps'):
+            common = [s for s in seeds_of(side) if s in seeds_of(ref)]  # pairs: the same seed, the same noise
+            if full and side != ref and len(common) >= 3:
+                a, b = ([fid[(x, s, '100')] for s in common] for x in (ref, side))
+                c = compare(a, b, paired=True)
+                said = {'a > b': 'lower', 'a < b': 'higher'}.get(c.verdict, c.verdict)  # this side against `ref`
+                row[f'vs_{ref}'] = f'{said} (difference in [{c.lo:.3f}, {c.hi:.3f}], {len(common)} seeds)'
+        rows.append(row)
+    if rows:
+        rows[0].update(budget_cpu_s=args.budget, runs=runs, superseded=superseded)
     return rows
 
 
@@ -592,6 +728,8 @@ def main():
     p.add_argument('--threads', type=int, default=1, help='OMP_NUM_THREADS of each notebook kernel in CI mode (CI: 1)')
     p.add_argument('--rounds', type=int, default=5, help='timed repetitions of each sampler / training measurement')
     p.add_argument('--budget', type=float, default=BUDGET_S, help='CPU seconds of training per run in the budget part')
+    p.add_argument('--sides', default='', help='levers part: the sides to run (default: all of LEVERS and SHIPPED)')
+    p.add_argument('--seeds', default='', help='levers part: the seeds to run, e.g. 3,4 (default: 0,1,2)')
     p.add_argument('--out', default=str(RESULTS), help='results file (lessons\' cost cells follow only the default)')
     args = p.parse_args()
     if set(args.modes.split(',')) - set(MODES):
@@ -638,6 +776,10 @@ def main():
             bench_budget,
             ['ddim_steps', 'recipe', 'fid', 'fid_diffusers', 'ratio', 'verdict', 'interval', 'floor'],
         ),
+        levers=(
+            bench_levers,
+            ['side', 'seeds', 'fid_100', 'fid_20', 'vs_v_base', 'vs_shipped_eps', 'optimizer_steps'],
+        ),
     )
     bad = set(args.only.split(',')) - set(parts)
     if bad:
@@ -658,7 +800,8 @@ if __name__ == '__main__':
     if sys.argv[1:2] == ['--_execute']:
         execute_notebook(sys.argv[2])
     elif sys.argv[1:2] == ['--_budget']:
-        print(json.dumps(budget_child(sys.argv[2], int(sys.argv[3]), float(sys.argv[4]))))
+        at = tuple(map(int, sys.argv[5].split(','))) if len(sys.argv) > 5 else BUDGET_STEPS
+        print(json.dumps(budget_child(sys.argv[2], int(sys.argv[3]), float(sys.argv[4]), at)))
     elif sys.argv[1:2] == ['--_peak']:
         print(json.dumps(measure_peak(*sys.argv[2:6])))
     else:

@@ -35,9 +35,23 @@ from .schedules import Schedule, q_sample, check_prediction_type, prediction_tar
 from .artifacts import check_tensors, meta_json
 
 # %% auto #0
-__all__ = ['LR_SCHEDULES', 'CHECKPOINT_FORMAT', 'ddpm_loss', 'ToyMLP', 'lr_at', 'ema_update', 'check_state_dict',
-           'save_checkpoint', 'load_checkpoint', 'TrainState', 'plot_losses', 'train', 'save_pretrained',
-           'load_pretrained']
+__all__ = ['LR_SCHEDULES', 'CHECKPOINT_FORMAT', 'FAST_DIGITS', 'min_snr_weight', 'ddpm_loss', 'ToyMLP', 'lr_at', 'ema_update',
+           'check_state_dict', 'save_checkpoint', 'load_checkpoint', 'TrainState', 'plot_losses', 'train',
+           'save_pretrained', 'load_pretrained']
+
+# %% ../nbs/04_ddpm.ipynb #8b56c481
+def min_snr_weight(
+    abar_t: torch.Tensor,  # (B,) alpha-bar of each sample's timestep
+    prediction_type: str,  # the target the loss regresses: one of PREDICTION_TYPES (or 'eps', 'x0', 'v')
+    gamma: float,  # the cap on the signal-to-noise ratio (Hang et al. 2023: 5)
+) -> torch.Tensor:  # (B,) the weight of each sample's squared error
+    "Min-SNR-gamma: the weight that makes each sample's loss min(SNR, gamma) times its squared error on x0."
+    name = check_prediction_type(prediction_type)
+    check_number(gamma, 'snr_gamma', 0, lo_open=True)
+    snr = abar_t / (1 - abar_t)  # SNR(t)
+    capped = snr.clamp(max=gamma)  # min(SNR(t), gamma)
+    per_x0 = {'epsilon': snr, 'sample': torch.ones_like(snr), 'v_prediction': snr + 1}[name]  # loss / |delta|^2
+    return capped / per_x0
 
 # %% ../nbs/04_ddpm.ipynb #8c548477
 def ddpm_loss(
@@ -46,6 +60,7 @@ def ddpm_loss(
     schedule: Schedule,  # the noise schedule (uses `schedule.abar`, (T,))
     prediction_type: str = 'epsilon',  # what the model predicts: one of PREDICTION_TYPES (or 'eps', 'x0', 'v')
     generator: torch.Generator | None = None,  # randomness for t and eps (None: torch's global generator)
+    snr_gamma: float | None = None,  # weight each sample by min_snr_weight with this cap (None: the simple loss)
     **cond,
 ):  # conditioning passed to the model (class_labels=..., context=...)
     "The simple DDPM loss: MSE between the model output at a random (t, x_t) and the target of `prediction_type`."
@@ -53,12 +68,17 @@ def ddpm_loss(
         got = f'a {x0.dtype} tensor of shape {tuple(x0.shape)}' if torch.is_tensor(x0) else type(x0).__name__
         raise TypeError(f"ddpm_loss wants x0 as a floating-point tensor (B, ...) of clean data, got {got}")
     prediction_type = check_prediction_type(prediction_type)
+    if snr_gamma is not None:
+        check_number(snr_gamma, 'snr_gamma (None: the simple loss)', 0, lo_open=True)
     abar = schedule.abar.to(x0.device)
     t = randint(0, len(abar), (x0.shape[0],), generator, x0.device)  # (B,)
     eps = randn(x0.shape, generator, x0.device, x0.dtype)  # (B, ...)
     x_t = q_sample(x0, t, eps, abar)  # eq. (4)
     target = prediction_target(x0, eps, abar[t], prediction_type)  # lesson 02's eq. (P2)
-    return F.mse_loss(model(x_t, t, **cond), target)  # eq. (14)
+    if snr_gamma is None:
+        return F.mse_loss(model(x_t, t, **cond), target)  # eq. (14)
+    per_sample = (model(x_t, t, **cond) - target).pow(2).flatten(1).mean(1)  # (B,)
+    return (min_snr_weight(abar[t], prediction_type, snr_gamma) * per_sample).mean()  # Hang et al. 2023
 
 # %% ../nbs/04_ddpm.ipynb #a79e7283
 def _toy_config(dim: int, hidden: int, depth: int, temb_dim: int, num_classes: int | None) -> dict:
@@ -599,3 +619,9 @@ def load_pretrained(
 
     loaded = load(name, device)
     return loaded.model, loaded.info
+
+# %% ../nbs/04_ddpm.ipynb #083798c6
+FAST_DIGITS = dict(  # lesson 04's live digits run: what 240 CPU-seconds of one thread buy (benchmarks/run.py levers)
+    prediction_type='v_prediction', schedule='cosine', T=1024, snr_gamma=5.0,  # v on cosine, min-SNR-5
+    batch_size=64, steps=1400, lr=2e-3, warmup=100, ema_decay=0.999,  # the shipped v model's optimizer, shorter
+)  # fmt: skip

@@ -21,6 +21,8 @@ from diffcourse.training import (
     save_pretrained,
     load_pretrained,
     lr_at,
+    min_snr_weight,
+    FAST_DIGITS,
 )
 from diffcourse.unet import UNet
 
@@ -74,6 +76,40 @@ def test_ddpm_loss_is_eq14_with_the_same_draws():
     # MLP's output by a few 1e-7: 1e-5 allowed
     want = ((model(a.sqrt() * x0 + (1 - a).sqrt() * eps, t) - eps) ** 2).mean()
     torch.testing.assert_close(loss, want, atol=1e-5, rtol=0)
+
+
+def test_min_snr_loss_is_each_sample_weighted_by_min_snr_gamma_with_the_same_draws():
+    model, x0, sched = ToyMLP(), torch.randn(16, 2), Schedule.from_name('cosine', T=1024)
+    for name, per_x0 in (('eps', lambda s: s), ('x0', lambda s: torch.ones_like(s)), ('v', lambda s: s + 1)):
+        loss = ddpm_loss(model, x0, sched, name, generator=torch.Generator().manual_seed(5), snr_gamma=5.0)
+        g = torch.Generator().manual_seed(5)
+        t = torch.randint(0, 1024, (16,), generator=g)
+        eps = torch.randn(16, 2, generator=g)
+        a = sched.abar[t]
+        snr = a / (1 - a)
+        err = (model(a.sqrt()[:, None] * x0 + (1 - a).sqrt()[:, None] * eps, t) - prediction_target(x0, eps, a, name))
+        # Hang et al. 2023: min(SNR, gamma) on the x0 error, divided by what the target's loss puts on it
+        want = (torch.minimum(snr, torch.tensor(5.0)) / per_x0(snr) * err.pow(2).mean(1)).mean()
+        torch.testing.assert_close(loss, want, atol=1e-5, rtol=1e-5)  # the same draws: summation order only
+
+
+@pytest.mark.parametrize('gamma', [0, -1.0, float('inf'), float('nan'), True, '5'])
+def test_bad_snr_gamma_is_a_clear_error(gamma):
+    with pytest.raises((ValueError, TypeError), match='snr_gamma'):
+        ddpm_loss(ToyMLP(), torch.randn(4, 2), SCHED, 'v', snr_gamma=gamma)
+    with pytest.raises((ValueError, TypeError), match='snr_gamma'):
+        min_snr_weight(SCHED.abar[:4], 'v', gamma)
+
+
+def test_fast_digits_recipe_trains_with_its_own_settings():
+    # lesson 04's live run, a few steps: every field is one train or ddpm_loss accepts
+    fd = FAST_DIGITS
+    sched = Schedule.from_name(fd['schedule'], T=fd['T'])
+    dl = get_dataloader('digits', fd['batch_size'], size=16, generator=seed_everything(0), drop_last=True)
+    loss = lambda m, b: ddpm_loss(m, b[0], sched, fd['prediction_type'], snr_gamma=fd['snr_gamma'])
+    kw = dict(warmup=fd['warmup'], ema_decay=fd['ema_decay'], progress=False)
+    st = train(UNet(channels=(8, 16), attn=(False, True), groups=4), loss, dl, 3, fd['lr'], **kw)
+    assert st.step == 3 and all(math.isfinite(v) for v in st.losses)
 
 
 def test_ddpm_loss_passes_conditioning_to_the_model():
