@@ -610,7 +610,8 @@ def bench_levers(args, devices):
         r = subprocess.run(cmd, capture_output=True, text=True, env=env)
         if r.returncode:
             raise RuntimeError(f'{job}: {r.stderr.strip()[-500:]}')
-        return dict(json.loads(r.stdout.strip().splitlines()[-1].lstrip('\u2588')), budget=args.budget)
+        last = r.stdout.strip().splitlines()[-1].lstrip('\u2588')  # a progress bar's blocks can precede the JSON
+        return dict(json.loads(last), budget=args.budget)
 
     seeds = [int(s) for s in args.seeds.split(',')] if args.seeds else list(BUDGET_SEEDS)
     jobs = [(side, s) for s in seeds for side in sides if (side, s) not in kept]
