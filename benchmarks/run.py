@@ -384,7 +384,7 @@ BUDGET_RECIPES = dict(  # the course's sides: the declared recipe each follows (
 
 LEVERS = dict(  # issue 19's recipe levers, each one change to course_v (v on the cosine schedule, 240 CPU-s)
     v_base=dict(),  # course_v itself, measured beside its levers
-    v_min_snr=dict(weighting='min_snr'),  # min-SNR-5 weighting (Hang et al. 2023)
+    v_min_snr=dict(snr_gamma=5.0),  # min-SNR-5 weighting (Hang et al. 2023): lesson 04's ddpm_loss(snr_gamma=)
     v_lognormal=dict(t_dist='lognormal'),  # EDM's training noise distribution (Karras et al. 2022)
     v_lr4e3=dict(lr=4e-3),  # twice the peak learning rate
     v_bs32=dict(batch_size=32),  # more, smaller steps
@@ -404,31 +404,22 @@ def _digits_batches(seed, batch_size=64):
     return get_dataloader('digits', batch_size=batch_size, split='train', size=16, generator=g, drop_last=True)
 
 
-def _lever_loss(schedule, prediction_type, weighting=None, t_dist=None, gamma=5.0, p_mean=-1.2, p_std=1.2):
-    """Lesson 04's `ddpm_loss` with two recipe levers: `weighting='min_snr'` (Hang et al. 2023: each sample's loss
-    on x0 weighted by min(SNR, gamma), i.e. the v-loss by min(SNR, gamma) / (SNR + 1)) and `t_dist='lognormal'`
-    (EDM's training noise levels, Karras et al. 2022: ln sigma ~ N(p_mean, p_std^2), sigma^2 = (1 - abar) / abar,
-    taken to the first level of the schedule at or above it)."""
+def _lognormal_loss(schedule, prediction_type, p_mean=-1.2, p_std=1.2):
+    """Lesson 04's `ddpm_loss` with EDM's training noise levels (Karras et al. 2022) in place of a uniform t:
+    ln sigma ~ N(p_mean, p_std^2), sigma^2 = (1 - abar) / abar, taken to the first level of the schedule at or above
+    it. (The other levers are arguments `ddpm_loss` and `train` already take.)"""
     import torch
     from diffcourse.schedules import q_sample, prediction_target
-    from diffcourse.training import min_snr_weight
 
     abar = schedule.abar
-    snr = abar / (1 - abar)  # (T,)
-    log_sigma = -0.5 * snr.log()  # (T,) increasing in t
+    log_sigma = -0.5 * (abar / (1 - abar)).log()  # (T,) -log(SNR) / 2, increasing in t
 
     def loss_fn(model, batch):
         x0 = batch[0]
-        if t_dist == 'lognormal':
-            ls = torch.randn(len(x0)) * p_std + p_mean
-            t = torch.searchsorted(log_sigma, ls).clamp(0, len(abar) - 1)
-        else:
-            t = torch.randint(0, len(abar), (len(x0),))
+        t = torch.searchsorted(log_sigma, torch.randn(len(x0)) * p_std + p_mean).clamp(0, len(abar) - 1)
         eps = torch.randn_like(x0)
         x_t = q_sample(x0, t, eps, abar)
         per = (model(x_t, t) - prediction_target(x0, eps, abar[t], prediction_type)).pow(2).flatten(1).mean(1)
-        if weighting == 'min_snr':
-            per = per * min_snr_weight(abar[t], prediction_type, gamma)  # lesson 04's weight
         return per.mean()
 
     return loss_fn
@@ -438,7 +429,7 @@ def _train_course(seed, budget, t0, name='digits_unet', lever=None):
     """A course digits recipe (lesson 04's loss and loop, as declared for `name`, changed by `lever`): its learning-rate
     decay is planned for the steps the budget allows, from a median step time measured on a copy (which the budget
     pays for)."""
-    import contextlib, copy
+    import copy
     import torch
     from diffcourse.artifacts import ARTIFACTS, architecture
     from diffcourse.samplers import Denoiser, sample
@@ -451,10 +442,13 @@ def _train_course(seed, budget, t0, name='digits_unet', lever=None):
     schedule = Schedule.from_name(a.schedule, T=a.T)
     config = {**a.config, **lever.pop('config', {})}
     bf16 = lever.pop('autocast', None) == 'bf16'
-    if lever:
-        loss_fn = _lever_loss(schedule, a.prediction_type, **lever)
+    gamma = lever.pop('snr_gamma', None)
+    if lever.pop('t_dist', None) == 'lognormal':
+        loss_fn = _lognormal_loss(schedule, a.prediction_type)
     else:
-        loss_fn = lambda m, b: ddpm_loss(m, b[0], schedule, a.prediction_type)
+        loss_fn = lambda m, b: ddpm_loss(m, b[0], schedule, a.prediction_type, snr_gamma=gamma)
+    if lever:
+        raise ValueError(f'unknown lever settings {sorted(lever)}')
     if bf16:
         plain = loss_fn
 
